@@ -1,0 +1,38 @@
+# Two entry points do all set-up themselves: `make demo` and `make test`.
+# Python 3.11, torch 2.14.1. Set FORCE_CUDA=1 to compile the CUDA kernels without a GPU.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+CSRC    = $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+
+.PHONY: setup build test demo bench clean
+
+setup: $(VENV)/.deps build
+
+$(VENV)/.deps: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# Rebuilt when a kernel source changes; ninja recompiles only what changed.
+$(VENV)/.built: $(VENV)/.deps setup.py $(CSRC)
+	$(PY) -m pip install --no-build-isolation --no-deps -v -e . > $(VENV)/build.log 2>&1 \
+	  || (tail -n 80 $(VENV)/build.log; echo "ldeq: build failed, full log in $(VENV)/build.log"; exit 1)
+	grep "ldeq build" $(VENV)/build.log
+	$(PY) -c "import ldeq._ext as e; assert e.extension_loaded(), 'ldeq._C did not import'; print('ldeq._C loaded, CUDA kernels:', e.cuda_built())"
+	touch $@
+
+build: $(VENV)/.built
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m ldeq.demo
+
+bench: setup
+	$(PY) -m pytest -q benchmarks --benchmark-only
+
+clean:
+	rm -rf build *.egg-info ldeq/*.so $(VENV)/.built

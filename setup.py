@@ -1,0 +1,98 @@
+"""Build script for ldeq: pure-Python packages plus the C++/CUDA extension ``ldeq._C``.
+
+Build switches (environment variables):
+  FORCE_CUDA=1           compile the CUDA kernels even when no GPU is visible (CI does this).
+  LDEQ_NO_CUDA=1         never compile CUDA kernels.
+  TORCH_CUDA_ARCH_LIST   CUDA architectures; default "8.0;9.0+PTX" when CUDA is forced.
+  MAX_JOBS               parallel compile jobs; default 2 (sized for a 2-core machine).
+
+The extension must be built against the torch already installed, so install with
+``pip install --no-build-isolation .`` (an isolated build would fetch a second torch).
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
+except ImportError:  # pragma: no cover - message for users only
+    sys.exit("ldeq: torch must be installed before building ldeq "
+             "(pip install torch==2.14.1, then pip install --no-build-isolation .)")
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _want_cuda():
+    if _flag("LDEQ_NO_CUDA"):
+        return False, "LDEQ_NO_CUDA=1"
+    if _flag("FORCE_CUDA"):
+        if CUDA_HOME is None:
+            sys.exit("ldeq: FORCE_CUDA=1 but CUDA_HOME is not set and nvcc was not found")
+        return True, "FORCE_CUDA=1"
+    if torch.cuda.is_available() and CUDA_HOME is not None:
+        return True, "GPU visible and CUDA_HOME set"
+    return False, "no GPU visible or no CUDA_HOME (set FORCE_CUDA=1 to compile anyway)"
+
+
+def _cuda_library_includes():
+    # torch's CUDA 13 wheels ship cusparse.h & co. in site-packages/nvidia/cu13/include.
+    dirs = []
+    for sp in sys.path:
+        for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include"):
+            d = os.path.join(sp, sub)
+            if os.path.isdir(d) and d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+def make_extensions():
+    with_cuda, why = _want_cuda()
+    os.environ.setdefault("MAX_JOBS", "2")
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "*", "*_cpu.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "*", "*_cuda.cu")))
+    cxx = ["-O3", "-fopenmp-simd", "-std=c++17"]
+    define_macros = []
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    print("=" * 70)
+    print(f"ldeq build: torch {torch.__version__} (CUDA {torch.version.cuda})")
+    print(f"ldeq build: CUDA kernels {'ON' if with_cuda else 'OFF'} ({why})")
+    if with_cuda:
+        print(f"ldeq build: CUDA_HOME={CUDA_HOME} TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+    print(f"ldeq build: MAX_JOBS={os.environ['MAX_JOBS']} sources={len(sources) + (len(cuda_sources) if with_cuda else 0)}")
+    print("=" * 70)
+    if with_cuda:
+        include_dirs += _cuda_library_includes()
+        define_macros.append(("LDEQ_WITH_CUDA", None))
+        ext = CUDAExtension(
+            "ldeq._C", sources + cuda_sources, include_dirs=include_dirs, define_macros=define_macros,
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]})
+    else:
+        ext = CppExtension("ldeq._C", sources, include_dirs=include_dirs, define_macros=define_macros,
+                           extra_compile_args={"cxx": cxx})
+    return [ext]
+
+
+setup(
+    name="ldeq",
+    version="0.1.0",
+    description="Deep equilibrium solvers, the Landmark DEQ and the RwR video pipeline, with C++/CUDA kernels",
+    python_requires=">=3.10",
+    packages=["ldeq", "ldeq.ops", "ldeq.solvers"] + [
+        "ldeq." + p for p in ("model", "data", "train", "video") if os.path.isdir(os.path.join(ROOT, "ldeq", p))],
+    package_dir={"ldeq": "ldeq", "ldeq.solvers": "solvers"},
+    package_data={"ldeq": ["resources/*", "resources/**/*"]},
+    ext_modules=make_extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    install_requires=["torch>=2.4", "numpy", "scipy", "tqdm"],
+    entry_points={"console_scripts": ["ldeq=ldeq.cli:main"]},
+)
