@@ -13,7 +13,7 @@ import glob
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 try:
     import torch
@@ -87,8 +87,7 @@ setup(
     version="0.1.0",
     description="Deep equilibrium solvers, the Landmark DEQ and the RwR video pipeline, with C++/CUDA kernels",
     python_requires=">=3.10",
-    packages=["ldeq", "ldeq.ops", "ldeq.solvers"] + [
-        "ldeq." + p for p in ("model", "data", "train", "video") if os.path.isdir(os.path.join(ROOT, "ldeq", p))],
+    packages=find_packages(include=["ldeq", "ldeq.*"]) + ["ldeq.solvers"],
     package_dir={"ldeq": "ldeq", "ldeq.solvers": "solvers"},
     package_data={"ldeq": ["resources/*", "resources/**/*"]},
     ext_modules=make_extensions(),
