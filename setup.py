@@ -60,7 +60,7 @@ def make_extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "*", "*_cpu.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "*", "*_cuda.cu")))
-    cxx = ["-O3", "-fopenmp-simd", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp-simd", "-std=c++20"]
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     print("=" * 70)
@@ -75,7 +75,7 @@ def make_extensions():
         define_macros.append(("LDEQ_WITH_CUDA", None))
         ext = CUDAExtension(
             "ldeq._C", sources + cuda_sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]})
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]})
     else:
         ext = CppExtension("ldeq._C", sources, include_dirs=include_dirs, define_macros=define_macros,
                            extra_compile_args={"cxx": cxx})
