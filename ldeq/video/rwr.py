@@ -1,0 +1,234 @@
+"""Recurrence without Recurrence (RwR): landmarks on many videos at once, frame-synchronously.
+
+The runner needs only a ``solve`` callable (the LDEQ model, or any stand-in):
+
+    solve(images, z0, max_iter, **prox) -> (keypoints, z_star)
+      images:    (B, 3, S, S) float32 RGB in [0, 1] (S = crop size, 256); normalisation is solve's job
+      z0:        None (start from zeros) or a (B, ...) tensor of previous equilibria
+      max_iter:  iteration budget of this solve
+      prox:      only in mode 'prox': gamma=float and anchor=(B, ...) tensor z*_{t-1}
+      keypoints: (B, K, 2) (x, y) in crop units [0, 1) (crop pixels / S)
+      z_star:    (B, ...) the equilibrium carried to the next frame
+
+Modes (reference section 3):
+  off   every frame from z0 = 0 with the full budget ``max_iter_full`` (per-frame inference).
+  warm  the official RwR: frame 0 (and the first frame after a gap without face) from zeros with
+        ``max_iter_full``; every other frame from z0 = z*_{t-1} with ``max_iter_warm`` (default 1).
+  prox  our extension of the paper's constrained objective
+        z*_t = argmin_z ||f(z; x_t) - z||^2 + gamma ||z - z*_{t-1}||^2:
+        from z0 = z*_{t-1} we iterate the proximal map
+            T(z) = (f(z; x_t) + gamma * z*_{t-1}) / (1 + gamma)
+        for ``max_iter_prox`` steps (and the model's extra final step also uses T). Its fixed point
+        satisfies z - f(z) = gamma (z*_{t-1} - z): the residual is traded against the distance to the
+        previous equilibrium, which is the stationarity condition of the objective above when the
+        Jacobian of f is neglected. gamma = 0 gives exactly ``warm``.
+
+Crops (reference section 3): box (x1, y1, x2, y2) -> square of side max(w, h) * 1.2 around its
+centre -> affine warp to S x S (ldeq.data.crop); keypoints go back through the inverse affine, so
+the output is in frame pixels. A frame whose box is NaN is skipped (NaN landmarks) and the video's
+state is reset, so the next frame with a face restarts from zeros.
+
+Batching: up to ``batch_size`` videos are active at once; each step reads one frame of every active
+video and solves them in one batch (two when some videos restart while others continue). When a
+video ends its slot is given to the next video in the queue, so videos of different lengths keep
+the batch full.
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ldeq.data.crop import invert_affine, square_crop_affine, transform_points, warp_image
+
+MODES = ("off", "warm", "prox")
+
+
+@dataclass
+class RwRConfig:
+    """Parameters of an RwR run (see module doc)."""
+    mode: str = "warm"
+    max_iter_full: int = 20
+    max_iter_warm: int = 1
+    max_iter_prox: int = 1
+    gamma: float = 1.0
+    batch_size: int = 16
+    crop_size: int = 256
+    crop_scale: float = 1.2
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
+        for k in ("max_iter_full", "max_iter_warm", "max_iter_prox", "batch_size", "crop_size"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k}: expected an integer >= 1, got {getattr(self, k)}")
+        if self.gamma < 0:
+            raise ValueError(f"gamma: expected >= 0, got {self.gamma}")
+
+
+class BoxesTooShort(ValueError):
+    """A video has more frames than boxes."""
+
+
+def crop_batch(frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray], size: int = 256, scale: float = 1.2):
+    """Crops frames (H, W, 3) uint8 RGB around boxes -> ((B, 3, S, S) float32 in [0, 1], (B, 2, 3) affines)."""
+    mats = [square_crop_affine(b, size, scale) for b in boxes]
+    crops = np.stack([warp_image(f, m, size) for f, m in zip(frames, mats)])
+    images = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
+    return images, np.stack(mats)
+
+
+def uncrop_points(keypoints, mats: np.ndarray, size: int = 256) -> np.ndarray:
+    """(B, K, 2) crop units -> (B, K, 2) frame pixels through the inverse of each crop affine."""
+    kp = keypoints.detach().double().cpu().numpy() if torch.is_tensor(keypoints) else np.asarray(keypoints, np.float64)
+    return np.stack([transform_points(k * size, invert_affine(m)) for k, m in zip(kp, mats)])
+
+
+class RwRRunner:
+    """Runs ``solve`` over videos with RwR. ``run`` returns one (T_i, K, 2) frame-pixel array per video.
+
+    ``self.partial`` holds the landmarks of every frame processed so far (a list per video), so a
+    caller that catches an exception (or KeyboardInterrupt) can still write what was computed.
+    ``self.iters`` counts, per video, the iteration budget spent per frame (a list).
+    """
+
+    def __init__(self, solve: Callable, config: Optional[RwRConfig] = None, device="cpu"):
+        self.solve = solve
+        self.config = config or RwRConfig()
+        self.device = torch.device(device)
+        self.partial: List[List[np.ndarray]] = []
+        self.iters: List[List[int]] = []
+
+    def _solve_group(self, images, states, restart: bool):
+        c = self.config
+        images = images.to(self.device)
+        if restart or c.mode == "off":
+            return self.solve(images, None, c.max_iter_full), c.max_iter_full
+        z0 = torch.stack(states).to(self.device)
+        if c.mode == "warm":
+            return self.solve(images, z0, c.max_iter_warm), c.max_iter_warm
+        return self.solve(images, z0, c.max_iter_prox, gamma=c.gamma, anchor=z0), c.max_iter_prox
+
+    @torch.no_grad()
+    def run(self, videos: Sequence, boxes: Sequence, progress: bool = True,
+            on_frame: Optional[Callable] = None, names: Optional[Sequence[str]] = None) -> List[np.ndarray]:
+        """Args:
+            videos: per video an iterable of RGB uint8 (H, W, 3) frames (list, array, VideoReader).
+            boxes:  per video a (>= T_i, 4) array of (x1, y1, x2, y2) boxes, NaN rows = no face.
+            progress: tqdm bar over frames.
+            on_frame: called as ``on_frame(video_index, t, frame, landmarks (K, 2) or None, box)`` after
+                every frame, in frame order per video (used to write annotated videos as they go).
+            names: video names for error messages.
+        Returns: list of (T_i, K, 2) float64 arrays in frame pixels (NaN rows for skipped frames).
+        """
+        from tqdm.auto import tqdm
+
+        c = self.config
+        if len(videos) != len(boxes):
+            raise ValueError(f"got {len(videos)} videos but {len(boxes)} box arrays")
+        names = list(names) if names is not None else [f"video {i}" for i in range(len(videos))]
+        boxes = [np.asarray(b, dtype=np.float64) for b in boxes]
+        for i, b in enumerate(boxes):
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise ValueError(f"boxes of {names[i]}: expected shape (n_frames, 4), got {b.shape}")
+        n = len(videos)
+        self.partial = [[] for _ in range(n)]
+        self.iters = [[] for _ in range(n)]
+        total = sum(len(b) for b in boxes)
+        bar = tqdm(total=total, desc=f"RwR {c.mode}", unit="frame", disable=not progress)
+        queue = list(range(n))
+        active: List[int] = []
+        its: Dict[int, object] = {}
+        state: Dict[int, Optional[torch.Tensor]] = {}
+        n_kp = None
+        try:
+            while queue or active:
+                while len(active) < c.batch_size and queue:
+                    v = queue.pop(0)
+                    active.append(v)
+                    its[v], state[v] = iter(videos[v]), None
+                groups = {True: [], False: []}  # restart? -> [(v, t, frame, box)]
+                skipped = []
+                for v in list(active):
+                    frame = next(its[v], None)
+                    if frame is None:
+                        active.remove(v)
+                        del its[v], state[v]
+                        continue
+                    t = len(self.partial[v])
+                    if t >= len(boxes[v]):
+                        raise BoxesTooShort(f"boxes of {names[v]}: {len(boxes[v])} boxes but the video has more frames")
+                    box = boxes[v][t]
+                    if not np.isfinite(box).all():
+                        skipped.append((v, t, frame, box))
+                        continue
+                    groups[state[v] is None].append((v, t, frame, box))
+                results = []
+                for restart, items in groups.items():
+                    if not items:
+                        continue
+                    images, mats = crop_batch([it[2] for it in items], [it[3] for it in items], c.crop_size, c.crop_scale)
+                    (kp, z_star), budget = self._solve_group(images, [state[it[0]] for it in items], restart)
+                    pts = uncrop_points(kp, mats, c.crop_size)
+                    n_kp = pts.shape[1]
+                    for j, it in enumerate(items):
+                        state[it[0]] = z_star[j].detach()
+                        results.append((it, pts[j], budget))
+                for it in skipped:
+                    state[it[0]] = None  # no face: restart from zeros at the next face
+                    results.append((it, None, 0))
+                for (v, t, frame, box), pts, budget in sorted(results, key=lambda r: r[0][0]):
+                    self.partial[v].append(pts)
+                    self.iters[v].append(budget)
+                    if on_frame is not None:
+                        on_frame(v, t, frame, pts, box)
+                bar.update(len(results))
+        finally:
+            bar.close()
+        return self.collect(n_kp)
+
+    def collect(self, n_kp: Optional[int] = None) -> List[np.ndarray]:
+        """The landmarks in ``self.partial`` as (T_i, K, 2) arrays, NaN where a frame was skipped."""
+        if n_kp is None:
+            n_kp = next((p.shape[0] for seq in self.partial for p in seq if p is not None), 0)
+        return [np.stack([p if p is not None else np.full((n_kp, 2), np.nan) for p in seq])
+                if seq else np.zeros((0, n_kp, 2)) for seq in self.partial]
+
+
+class CellSolve:
+    """Builds the runner's ``solve`` from a DEQ cell, for any model with this structure:
+
+        x = inject(images); f(z) = cell(z, x); z* = solver(f or the prox map, z0, max_iter)
+        keypoints = decode(f(z*))    (the "extra final step"; skipped with final_step=False)
+
+    ``zeros(x) -> z0`` gives the initial state, ``solver(f, z0, max_iter) -> z*`` defaults to
+    :func:`fixed_budget_iteration`: exactly ``max_iter`` applications of f, no early stop (the
+    official video setting; pass e.g. an ``ldeq.solvers`` solver wrapped to this signature instead).
+    """
+
+    def __init__(self, inject: Callable, cell: Callable, decode: Callable, zeros: Callable,
+                 solver: Optional[Callable] = None, final_step: bool = True):
+        self.inject, self.cell, self.decode, self.zeros = inject, cell, decode, zeros
+        self.solver = solver or (fixed_budget_iteration)
+        self.final_step = final_step
+
+    def __call__(self, images, z0, max_iter, gamma: float = 0.0, anchor=None):
+        x = self.inject(images)
+        z0 = self.zeros(x) if z0 is None else z0
+        if gamma > 0:
+            if anchor is None:
+                raise ValueError("prox solve: gamma > 0 needs anchor (z*_{t-1})")
+            f = lambda z: (self.cell(z, x) + gamma * anchor) / (1.0 + gamma)  # noqa: E731
+        else:
+            f = lambda z: self.cell(z, x)  # noqa: E731
+        z_star = self.solver(f, z0, max_iter)
+        out = f(z_star) if self.final_step else z_star
+        return self.decode(out), z_star
+
+
+def fixed_budget_iteration(f, z0, max_iter):
+    """max_iter applications of f (the official video setting: a fixed budget, no early stop)."""
+    z = z0
+    for _ in range(max_iter):
+        z = f(z)
+    return z
