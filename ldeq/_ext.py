@@ -26,15 +26,24 @@ def cuda_built() -> bool:
     return _C is not None and _C.cuda_built()
 
 
-@functools.lru_cache(maxsize=None)
+def _kernels_by_device() -> frozenset:
+    # Read once at import: plain data that torch.compile can trace through (dispatcher queries it cannot).
+    if _C is None:
+        return frozenset()
+    found = set()
+    for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA")):
+        for name in torch._C._dispatch_get_registrations_for_dispatch_key(key):
+            if name.startswith("ldeq::"):
+                found.add((name[len("ldeq::"):], device_type))
+    return frozenset(found)
+
+
+KERNELS = _kernels_by_device()
+
+
 def has_kernel(op_name: str, device_type: str) -> bool:
     """Whether ``torch.ops.ldeq.<op_name>`` has a compiled kernel for ``device_type`` ('cpu'/'cuda')."""
-    if _C is None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"ldeq::{op_name}", key)
+    return (op_name, device_type) in KERNELS
 
 
 @functools.lru_cache(maxsize=None)
