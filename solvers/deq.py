@@ -94,16 +94,16 @@ def _check_inputs(f, z0, max_iter, grad, tol):
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
-    if not float(tol) > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+    if not float(tol) >= 0:
+        raise ValueError(f"tol must be >= 0 (0: always run max_iter iterations), got {tol}")
 
 
 def _solver_accepts(solver: Callable, name: str) -> bool:
+    """True when ``name`` is an explicit parameter of the solver (``**kw`` does not count)."""
     try:
-        params = inspect.signature(solver).parameters
+        return name in inspect.signature(solver).parameters
     except (TypeError, ValueError):
         return False
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
@@ -169,8 +169,8 @@ def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
     want = [i for i in state_iters if i <= used_iter]
     recorded = {}
     if want:
-        if _solver_accepts(fwd_solver, "save_iters"):
-            skw["save_iters"] = want
+        if _solver_accepts(fwd_solver, "trajectory"):  # ldeq.solvers: lowest-residual iterate after k its
+            skw["trajectory"] = want
         else:  # solver-agnostic fallback: record the inputs of f's first len(want) calls
             calls = [0]
             inner = f_run

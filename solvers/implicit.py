@@ -63,8 +63,8 @@ class BackwardConfig:
             raise ValueError(f"on_backward_fail must be one of {ON_FAIL_MODES}, got {self.on_fail!r}")
         if int(self.max_iter) < 1:
             raise ValueError(f"b_max_iter must be >= 1, got {self.max_iter}")
-        if not float(self.tol) > 0:
-            raise ValueError(f"b_tol must be > 0, got {self.tol}")
+        if not float(self.tol) >= 0:
+            raise ValueError(f"b_tol must be >= 0 (0: always run b_max_iter iterations), got {self.tol}")
         if self.stop_mode not in ("rel", "abs"):
             raise ValueError(f"b_stop_mode must be 'rel' or 'abs', got {self.stop_mode!r}")
 

@@ -353,7 +353,8 @@ def test_autocast_bf16_solver_state_stays_fp32():
     (dict(max_iter=0), torch.zeros(2, 3), ValueError, "max_iter must be an int >= 1"),
     (dict(grad="hook"), torch.zeros(2, 3), ValueError, "grad must be one of"),
     (dict(on_backward_fail="ignore"), torch.zeros(2, 3), ValueError, "on_backward_fail must be one of"),
-    (dict(tol=0.0), torch.zeros(2, 3), ValueError, "tol must be > 0"),
+    (dict(tol=-1.0), torch.zeros(2, 3), ValueError, "tol must be >= 0"),
+    (dict(b_tol=float("nan")), torch.zeros(2, 3), ValueError, "b_tol must be >= 0"),
     (dict(b_max_iter=0), torch.zeros(2, 3), ValueError, "b_max_iter must be >= 1"),
     (dict(grad="phantom", phantom_tau=1.5), torch.zeros(2, 3), ValueError, "phantom_tau"),
 ])
