@@ -84,18 +84,33 @@ def batch_stream(dataset: Dataset, global_batch: int, rank: int, world_size: int
         epoch, offset = epoch + 1, 0
 
 
-def build_datasets(cfg: Config):
-    """(train, test) for ``data.dataset`` 'synthetic' (generated under data.root if missing) or
-    'wflw' (either published layout under data.root)."""
+def build_datasets(cfg: Config, is_main: bool = True, barrier=lambda: None):
+    """(train, test) for ``data.dataset``:
+
+    'synthetic': procedural faces in the pre-cropped WFLW layout under ``data.root``; generated
+    there first (by rank 0, the others wait at ``barrier``) when ``test.txt`` is missing.
+    'wflw': either published WFLW layout under ``data.root``.
+    Training images get the standard augmentation when ``data.augment``.
+    """
+    import os
+
+    from ldeq.data.transforms import Augmenter
+    from ldeq.data.wflw import wflw_dataset
     d, size = cfg.data, cfg.model.image_size
-    if d.dataset == "wflw":
-        from ldeq.data.transforms import Augmenter
-        from ldeq.data.wflw import wflw_dataset
-        aug = Augmenter() if d.augment else None
-        return (wflw_dataset(d.root, "train", out_size=size, augment=aug),
-                wflw_dataset(d.root, "test", out_size=size))
+    if d.dataset not in ("synthetic", "wflw"):
+        raise ValueError(f"data.dataset={d.dataset!r} is not an LDEQ dataset; expected 'synthetic' or 'wflw'")
     if d.dataset == "synthetic":
-        from ldeq.data import synthetic
-        return synthetic.train_test_datasets(d.root, num_train=d.num_train, num_test=d.num_test,
-                                             out_size=size, augment=d.augment)
-    raise ValueError(f"data.dataset={d.dataset!r} is not an LDEQ dataset; expected 'synthetic' or 'wflw'")
+        # test.txt is written after train.txt: its presence means a complete export.
+        if is_main and not os.path.isfile(os.path.join(d.root, "test.txt")):
+            from ldeq.data.synthetic import export_wflw_cropped
+            export_wflw_cropped(d.root, n_train=d.num_train, n_test=d.num_test, seed=0, out_size=size)
+        barrier()
+    elif not os.path.isdir(d.root):
+        raise FileNotFoundError(f"data.root={d.root!r} does not exist; see docs/training.md for the WFLW layout")
+    train = wflw_dataset(d.root, "train", out_size=size, augment=Augmenter() if d.augment else None)
+    test = wflw_dataset(d.root, "test", out_size=size)
+    if d.dataset == "synthetic" and (len(train), len(test)) != (d.num_train, d.num_test):
+        raise ValueError(f"data.root={d.root!r} holds {len(train)} train / {len(test)} test synthetic images but "
+                         f"data.num_train={d.num_train}, data.num_test={d.num_test}: use another data.root "
+                         "or matching sizes")
+    return train, test

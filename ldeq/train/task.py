@@ -95,7 +95,7 @@ class Task:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
-    def datasets(self):
+    def datasets(self, is_main: bool = True, barrier=lambda: None):
         """(train, test) datasets of (image (3, S, S) float, landmarks (K, 2) in [0, 1)) items."""
         raise NotImplementedError
 
@@ -115,7 +115,7 @@ class ToyTask(Task):
         from .toy import ToyRegressor
         return ToyRegressor()
 
-    def datasets(self):
+    def datasets(self, is_main=True, barrier=lambda: None):
         from .toy import ToyBlobs
         d = self.cfg.data
         return (ToyBlobs(d.num_train, seed=1, augment=d.augment), ToyBlobs(d.num_test, seed=2))
@@ -143,9 +143,9 @@ class LDEQTask(Task):
         from ldeq.model import LDEQ
         return LDEQ(self.ldeq_config())
 
-    def datasets(self):
+    def datasets(self, is_main=True, barrier=lambda: None):
         from .data import build_datasets
-        return build_datasets(self.cfg)
+        return build_datasets(self.cfg, is_main, barrier)
 
     @torch.no_grad()
     def predict(self, model, images):

@@ -174,7 +174,7 @@ def _train(cfg, out_dir, resume, stop_after, hooks, progress, ctx, t_start):
 
     ddp = (DDP(step_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
            if ctx.enabled else step_module)
-    train_set, test_set = task.datasets()
+    train_set, test_set = task.datasets(ctx.is_main, lambda: barrier(ctx))
     stream = batch_stream(train_set, tc.batch_size, ctx.rank, ctx.world_size, tc.seed, start_step,
                           cfg.data.num_workers)
 
