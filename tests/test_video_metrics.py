@@ -90,3 +90,18 @@ def test_nan_prediction_and_single_frame():
         video_nme(g0, g0)
     with pytest.raises(ValueError, match="no videos"):
         dataset_video_metrics([], [])
+
+
+def test_ignore_nan_drops_frames_and_pairs():
+    g = _gt(T=4)
+    p = g.copy()
+    p[0] += (3.0, 4.0)  # frame 0: NME 50
+    p[2] = np.nan  # skipped frame
+    p[3] += (0.0, 1.0)  # frame 3: NME 10
+    # NME over frames 0, 1, 3: (50 + 0 + 10) / 3; NMF over the only valid pair (0, 1): 500
+    assert video_nme(p, g, ignore_nan=True) == pytest.approx(20.0)
+    assert video_nmf(p, g, ignore_nan=True) == pytest.approx(500.0)
+    with pytest.raises(ValueError, match="consecutive"):
+        q = g.copy()
+        q[1::2] = np.nan
+        video_nmf(q, g, ignore_nan=True)

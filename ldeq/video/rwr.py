@@ -8,7 +8,8 @@ The runner needs only a ``solve`` callable (the LDEQ model, or any stand-in):
       max_iter:  iteration budget of this solve
       prox:      only in mode 'prox': gamma=float and anchor=(B, ...) tensor z*_{t-1}
       keypoints: (B, K, 2) (x, y) in crop units [0, 1) (crop pixels / S)
-      z_star:    (B, ...) the equilibrium carried to the next frame
+      z_star:    (B, ...) the equilibrium carried to the next frame (the state the keypoints were
+                 decoded from, i.e. after the model's extra final step)
 
 Modes (reference section 3):
   off   every frame from z0 = 0 with the full budget ``max_iter_full`` (per-frame inference).
@@ -200,20 +201,25 @@ class CellSolve:
 
         x = inject(images); f(z) = cell(z, x); z* = solver(f or the prox map, z0, max_iter)
         keypoints = decode(f(z*))    (the "extra final step"; skipped with final_step=False)
+        returns (keypoints, f(z*)): the carried state is the decoded one
 
-    ``zeros(x) -> z0`` gives the initial state, ``solver(f, z0, max_iter) -> z*`` defaults to
-    :func:`fixed_budget_iteration`: exactly ``max_iter`` applications of f, no early stop (the
-    official video setting; pass e.g. an ``ldeq.solvers`` solver wrapped to this signature instead).
+    ``zeros(x) -> z0`` gives the initial state. ``solver(f, z0, max_iter) -> z*`` runs warm / prox
+    solves and defaults to :func:`fixed_budget_iteration` (exactly ``max_iter`` applications of f, no
+    early stop: the official video setting). ``solver_from_zeros`` runs solves with z0 = None
+    (mode off, first frames), e.g. Anderson with a tolerance; it defaults to ``solver``.
     """
 
     def __init__(self, inject: Callable, cell: Callable, decode: Callable, zeros: Callable,
-                 solver: Optional[Callable] = None, final_step: bool = True):
+                 solver: Optional[Callable] = None, solver_from_zeros: Optional[Callable] = None,
+                 final_step: bool = True):
         self.inject, self.cell, self.decode, self.zeros = inject, cell, decode, zeros
-        self.solver = solver or (fixed_budget_iteration)
+        self.solver = solver or fixed_budget_iteration
+        self.solver_from_zeros = solver_from_zeros or self.solver
         self.final_step = final_step
 
     def __call__(self, images, z0, max_iter, gamma: float = 0.0, anchor=None):
         x = self.inject(images)
+        solver = self.solver_from_zeros if z0 is None else self.solver
         z0 = self.zeros(x) if z0 is None else z0
         if gamma > 0:
             if anchor is None:
@@ -221,13 +227,15 @@ class CellSolve:
             f = lambda z: (self.cell(z, x) + gamma * anchor) / (1.0 + gamma)  # noqa: E731
         else:
             f = lambda z: self.cell(z, x)  # noqa: E731
-        z_star = self.solver(f, z0, max_iter)
+        z_star = solver(f, z0, max_iter)
         out = f(z_star) if self.final_step else z_star
-        return self.decode(out), z_star
+        # The state carried to the next frame is the one decoded for this frame (after the final
+        # step): the anchor of prox is then exactly the equilibrium behind the reported landmarks.
+        return self.decode(out), out
 
 
 def fixed_budget_iteration(f, z0, max_iter):
-    """max_iter applications of f (the official video setting: a fixed budget, no early stop)."""
+    """Exactly ``max_iter`` applications of f from z0 (a fixed budget, no early stop)."""
     z = z0
     for _ in range(max_iter):
         z = f(z)

@@ -1,0 +1,139 @@
+"""Synthetic face videos with ground truth on every frame (built on ldeq.data.synthetic.render_face).
+
+A clip is one random face (fixed identity, background and appearance) whose pose, position, scale
+and expression follow smooth sums of sinusoids, plus "ambiguous stretches" where a still-image
+model tends to flicker between plausible answers:
+
+* ``occluder``: a hand-like ellipse or a rectangle slides across the face;
+* ``motion_blur``: a linear motion-blur kernel (random direction, ``blur_len`` pixels);
+* ``flicker``: the exposure and the light direction jump from frame to frame.
+
+Sensor noise is redrawn every frame (as in a real camera). Face boxes imitate a detector: the
+landmarks' extent scaled by ``box_scale`` around its centre, with per-frame jitter of
+``box_jitter`` times the box size (detector boxes shake; that shake is part of what RwR smooths).
+"""
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from ldeq.data.synthetic import random_face_params, render_face
+
+EVENTS = ("occluder", "motion_blur", "flicker")
+
+
+@dataclass
+class SyntheticVideo:
+    """frames (T, H, W, 3) uint8 RGB; landmarks (T, 98, 2) frame pixels; boxes (T, 4) x1 y1 x2 y2;
+    events: (kind, first_frame, last_frame_exclusive) of each ambiguous stretch."""
+    frames: np.ndarray
+    landmarks: np.ndarray
+    boxes: np.ndarray
+    events: List[Tuple[str, int, int]] = field(default_factory=list)
+    fps: float = 30.0
+
+    def __len__(self):
+        return len(self.frames)
+
+
+def boxes_from_landmarks(landmarks: np.ndarray, scale: float = 1.2, jitter: float = 0.0,
+                         rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """(T, K, 2) -> (T, 4) boxes: the landmarks' extent scaled by ``scale`` about its centre, plus
+    Gaussian jitter of ``jitter`` times the box side on each coordinate."""
+    lo, hi = landmarks.min(axis=1), landmarks.max(axis=1)
+    c, half = (lo + hi) / 2, (hi - lo) / 2 * scale
+    b = np.concatenate([c - half, c + half], axis=1)
+    if jitter > 0:
+        rng = rng or np.random.default_rng(0)
+        side = (hi - lo).max(axis=1, keepdims=True) * scale
+        b = b + rng.normal(scale=jitter, size=b.shape) * side
+    return b
+
+
+def _motion_blur(img: np.ndarray, length: int, angle: float) -> np.ndarray:
+    k = np.zeros((length, length), np.float32)
+    c = (length - 1) / 2
+    d = np.array([math.cos(angle), math.sin(angle)]) * c
+    cv2.line(k, (int(round(c - d[0])), int(round(c - d[1]))), (int(round(c + d[0])), int(round(c + d[1]))), 1.0, 1)
+    return cv2.filter2D(img, -1, k / k.sum())
+
+
+def make_synthetic_video(seed: int = 0, n_frames: int = 90, size: Tuple[int, int] = (256, 320),
+                         events: Tuple[str, ...] = EVENTS, event_len: int = 20, motion: float = 1.0,
+                         blur_len: int = 11, box_scale: float = 1.2, box_jitter: float = 0.01,
+                         fps: float = 30.0) -> SyntheticVideo:
+    """One synthetic clip (see module doc).
+
+    seed: identity and motion; n_frames: T; size: (H, W) of the frames; events: which ambiguous
+    stretches to insert (each once, ``event_len`` frames, at random non-overlapping places when T
+    allows); motion: amplitude multiplier of the head motion (0 = still head).
+    """
+    unknown = set(events) - set(EVENTS)
+    if unknown:
+        raise ValueError(f"events: unknown {sorted(unknown)}; expected a subset of {EVENTS}")
+    if n_frames < 2:
+        raise ValueError(f"n_frames: expected >= 2, got {n_frames}")
+    rng = np.random.default_rng([seed, 7])
+    base = random_face_params(rng)
+    H, W = size
+    # a frame of size (H, W) with the face a bit smaller than in the training crops, so it can move
+    base = dataclasses.replace(base, occluder=0, blur=min(base.blur, 0.6), cx=0.5, cy=0.5,
+                               size=0.3 * 256 / min(H, W) * rng.uniform(0.9, 1.1) * min(H, W) / 256)
+    # smooth motion: each driven field is base + amplitude * sum of two sinusoids (periods in frames)
+    drive = {"yaw": 0.35, "pitch": 0.12, "roll": 0.15, "cx": 0.08, "cy": 0.05, "size": 0.02,
+             "mouth_open": 0.12, "eye_open": 0.15, "smile": 0.05}
+    waves = {k: (rng.uniform(40, 120, 2), rng.uniform(0, 2 * math.pi, 2)) for k in drive}
+    # ambiguous stretches at non-overlapping random places
+    ev: List[Tuple[str, int, int]] = []
+    slots = list(range(max(1, (n_frames - 5) // (event_len + 5))))
+    rng.shuffle(slots)
+    for kind, s in zip(events, slots):
+        start = 5 + s * (event_len + 5)
+        if start + event_len <= n_frames:
+            ev.append((kind, start, start + event_len))
+    blur_angle = rng.uniform(0, math.pi)
+    occ_kind = int(rng.choice([1, 2]))
+    frames, lms = [], []
+    for t in range(n_frames):
+        upd = {}
+        for k, amp in drive.items():
+            periods, phases = waves[k]
+            v = getattr(base, k) + motion * amp * 0.5 * sum(math.sin(2 * math.pi * t / p + ph)
+                                                           for p, ph in zip(periods, phases))
+            upd[k] = v
+        upd["mouth_open"] = max(0.0, upd["mouth_open"])
+        upd["eye_open"] = float(np.clip(upd["eye_open"], 0.2, 1.3))
+        blur_now = 0
+        for kind, a, b in ev:
+            if not a <= t < b:
+                continue
+            u = (t - a) / max(1, b - a - 1)
+            if kind == "occluder":  # slides from the left of the face to the right
+                upd.update(occluder=occ_kind, occ_x=-1.8 + 3.6 * u, occ_y=0.2, occ_w=0.55, occ_h=0.7,
+                           occ_angle=0.3)
+            elif kind == "flicker":
+                upd.update(ambient=float(rng.uniform(0.45, 1.25)), light=float(rng.uniform(0.2, 0.9)),
+                           light_angle=float(rng.uniform(0, 2 * math.pi)))
+            elif kind == "motion_blur":
+                blur_now = blur_len
+        p = dataclasses.replace(base, **upd)
+        img, lm = render_face(p, (H, W), np.random.default_rng([seed, 11, t]))
+        if blur_now:
+            img = _motion_blur(img, blur_now, blur_angle)
+        frames.append(img)
+        lms.append(lm)
+    lm = np.stack(lms)
+    boxes = boxes_from_landmarks(lm, box_scale, box_jitter, np.random.default_rng([seed, 13]))
+    return SyntheticVideo(np.stack(frames), lm, boxes, ev, fps)
+
+
+def make_synthetic_videos(n_videos: int = 4, seed: int = 0, lengths: Optional[List[int]] = None,
+                          **kwargs) -> List[SyntheticVideo]:
+    """``n_videos`` clips with seeds seed, seed+1, ...; ``lengths`` gives each clip's frame count."""
+    lengths = lengths or [kwargs.pop("n_frames", 90)] * n_videos
+    if len(lengths) != n_videos:
+        raise ValueError(f"lengths: expected {n_videos} values, got {len(lengths)}")
+    return [make_synthetic_video(seed + i, n_frames=n, **kwargs) for i, n in enumerate(lengths)]
