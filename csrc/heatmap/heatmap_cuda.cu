@@ -1,0 +1,212 @@
+// CUDA kernels of the fused heatmap ops (shapes and formulas: heatmap.h).
+// One block per (b, k) channel: H*W is small (4096 at 64x64), so a block streams its channel with
+// coalesced loads and every reduction stays on chip.
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "common/block_reduce.cuh"
+#include "heatmap/heatmap.h"
+
+namespace ldeq {
+namespace heatmap {
+namespace {
+
+template <typename T>
+__global__ void softargmax_fwd_kernel(const T* __restrict__ l, const T* __restrict__ beta, int64_t beta_k,
+                                      T* __restrict__ h, int64_t K, int64_t n) {
+  const int64_t c = blockIdx.x;
+  const T* x = l + c * n;
+  T* y = h + c * n;
+  const T b = beta[beta_k == 1 ? 0 : c % K];
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = x[i] > m ? x[i] : m;
+  m = block_all_max(m);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = ::exp(b * (x[i] - m));
+}
+
+template <typename T>
+__global__ void softargmax_bwd_kernel(const T* __restrict__ g, const T* __restrict__ l, const T* __restrict__ beta,
+                                      int64_t beta_k, const T* __restrict__ h, T* __restrict__ gl,
+                                      T* __restrict__ gb, int64_t K, int64_t n) {
+  using acc_t = at::acc_type<T, true>;
+  const int64_t c = blockIdx.x;
+  const T *gc = g + c * n, *lc = l + c * n, *hc = h + c * n;
+  T* out = gl + c * n;
+  const T b = beta[beta_k == 1 ? 0 : c % K];
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = lc[i] > m ? lc[i] : m;
+  m = block_all_max(m);
+  acc_t s1 = 0, s2 = 0;
+  int ties = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t gh = acc_t(gc[i]) * acc_t(hc[i]);
+    s1 += gh;
+    s2 += gh * acc_t(lc[i] - m);
+    ties += lc[i] == m;
+  }
+  s1 = block_all_sum(s1);
+  s2 = block_all_sum(s2);
+  ties = block_all_sum(ties);
+  const acc_t share = ties > 0 ? acc_t(b) * s1 / acc_t(ties) : acc_t(0);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    out[i] = T(acc_t(b) * acc_t(gc[i]) * acc_t(hc[i]) - (lc[i] == m ? share : acc_t(0)));
+  if (threadIdx.x == 0) gb[c] = T(s2);
+}
+
+template <typename T>
+__global__ void decode_fwd_kernel(const T* __restrict__ hm, T* __restrict__ coords, T* __restrict__ stdv, int64_t H,
+                                  int64_t W, bool official) {
+  using acc_t = at::acc_type<T, true>;
+  const int64_t ch = blockIdx.x, n = H * W;
+  const T* h = hm + ch * n;
+  acc_t tot = 0, mx = 0, my = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t v = h[i];
+    tot += v;
+    mx += v * acc_t(i % W);
+    my += v * acc_t(i / W);
+  }
+  tot = block_all_sum(tot);
+  mx = block_all_sum(mx);
+  my = block_all_sum(my);
+  const acc_t S = tot + acc_t(kDecodeEps);
+  const acc_t x = mx / (S * W), y = my / (S * H);
+  const acc_t mux = official ? x / W : x, muy = official ? y / H : y;
+  acc_t vx = 0, vy = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t v = h[i];
+    const acc_t dx = acc_t(i % W) / W - mux, dy = acc_t(i / W) / H - muy;
+    vx += v * dx * dx;
+    vy += v * dy * dy;
+  }
+  vx = block_all_sum(vx);
+  vy = block_all_sum(vy);
+  if (threadIdx.x == 0) {
+    coords[2 * ch] = T(x);
+    coords[2 * ch + 1] = T(y);
+    stdv[ch] = T(::sqrt(acc_t(0.5) * (vx + vy) / S));
+  }
+}
+
+template <typename T>
+__global__ void decode_bwd_kernel(const T* __restrict__ gcoord, const T* __restrict__ gstd, const T* __restrict__ hm,
+                                  const T* __restrict__ coords, const T* __restrict__ stdv, T* __restrict__ gh,
+                                  int64_t H, int64_t W, bool official) {
+  using acc_t = at::acc_type<T, true>;
+  const int64_t ch = blockIdx.x, n = H * W;
+  const T* h = hm + ch * n;
+  T* out = gh + ch * n;
+  const DecodeGrad<acc_t> d(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
+                            stdv[ch], H, W, official);
+  acc_t tot = 0, q = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t v = h[i];
+    tot += v;
+    q += v * (d.A0(acc_t(i % W)) + d.R0(acc_t(i / W)));
+  }
+  tot = block_all_sum(tot);
+  q = block_all_sum(q);
+  const acc_t S = tot + acc_t(kDecodeEps), sum_p = tot / S;
+  const acc_t G = q / S + sum_p * (d.lx * d.x + d.ly * d.y);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t c = acc_t(i % W), r = acc_t(i / W);
+    const acc_t gp = d.A0(c) + d.R0(r) + sum_p * (d.lx * c * d.inv_w + d.ly * r * d.inv_h);
+    out[i] = T((gp - G) / S);
+  }
+}
+
+at::Tensor softargmax_cuda(const at::Tensor& logits, const at::Tensor& beta) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  auto l = logits.contiguous();
+  auto b = beta.contiguous();
+  auto h = at::empty_like(l);
+  const int64_t B = l.size(0), K = l.size(1), n = l.size(2) * l.size(3);
+  if (B * K == 0) return h;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_cuda", [&] {
+    softargmax_fwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+        l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.data_ptr<scalar_t>(), K, n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return h;
+}
+
+std::tuple<at::Tensor, at::Tensor> softargmax_backward_cuda(const at::Tensor& grad, const at::Tensor& logits,
+                                                            const at::Tensor& beta, const at::Tensor& heatmaps) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  check_same(logits, "logits", grad, "grad_heatmaps");
+  check_same(logits, "logits", heatmaps, "heatmaps");
+  TORCH_CHECK(grad.sizes() == logits.sizes() && heatmaps.sizes() == logits.sizes(),
+              "ldeq: grad_heatmaps and heatmaps must have logits' shape ", logits.sizes());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  auto g = grad.contiguous(), l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
+  const int64_t B = l.size(0), K = l.size(1), n = l.size(2) * l.size(3);
+  auto gl = at::empty_like(l);
+  auto gb = at::empty({B, K}, l.options());
+  if (B * K == 0) return {gl, gb};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_backward_cuda", [&] {
+    softargmax_bwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+        g.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.data_ptr<scalar_t>(),
+        gl.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), K, n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {gl, gb};
+}
+
+std::tuple<at::Tensor, at::Tensor> decode_cuda(const at::Tensor& heatmaps, bool official_std) {
+  check_maps(heatmaps, "heatmaps");
+  const c10::cuda::CUDAGuard guard(heatmaps.device());
+  auto h = heatmaps.contiguous();
+  const int64_t B = h.size(0), K = h.size(1), H = h.size(2), W = h.size(3);
+  auto coords = at::empty({B, K, 2}, h.options());
+  auto stdv = at::empty({B, K}, h.options());
+  if (B * K == 0) return {coords, stdv};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "heatmap_decode_cuda", [&] {
+    decode_fwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+        h.data_ptr<scalar_t>(), coords.data_ptr<scalar_t>(), stdv.data_ptr<scalar_t>(), H, W, official_std);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {coords, stdv};
+}
+
+at::Tensor decode_backward_cuda(const at::Tensor& grad_coords, const at::Tensor& grad_std, const at::Tensor& heatmaps,
+                                const at::Tensor& coords, const at::Tensor& stdv, bool official_std) {
+  check_maps(heatmaps, "heatmaps");
+  check_decode_grads(heatmaps, grad_coords, grad_std, coords, stdv);
+  const c10::cuda::CUDAGuard guard(heatmaps.device());
+  auto h = heatmaps.contiguous(), gc = grad_coords.contiguous(), gs = grad_std.contiguous();
+  auto co = coords.contiguous(), sd = stdv.contiguous();
+  const int64_t B = h.size(0), K = h.size(1), H = h.size(2), W = h.size(3);
+  auto gh = at::empty_like(h);
+  if (B * K == 0) return gh;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "heatmap_decode_backward_cuda", [&] {
+    decode_bwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+        gc.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), co.data_ptr<scalar_t>(),
+        sd.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), H, W, official_std);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return gh;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ldeq, CUDA, m) {
+  m.impl("heatmap_softargmax", &softargmax_cuda);
+  m.impl("heatmap_softargmax_backward", &softargmax_backward_cuda);
+  m.impl("heatmap_decode", &decode_cuda);
+  m.impl("heatmap_decode_backward", &decode_backward_cuda);
+}
+
+}  // namespace heatmap
+}  // namespace ldeq
