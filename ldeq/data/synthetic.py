@@ -76,6 +76,7 @@ class FaceParams:
     hair: tuple = (60, 40, 30)
     brow_colour: tuple = (50, 35, 25)
     lip_colour: tuple = (170, 80, 80)
+    makeup: float = 0.0            # 1: lip colour chosen as make-up (sets the make-up attribute)
     iris: tuple = (70, 90, 60)
     hair_style: int = 1            # 0 bald, 1 short, 2 long
     bg_a: tuple = (120, 130, 140)
@@ -132,7 +133,7 @@ def random_face_params(rng: np.random.Generator, size_range=(0.31, 0.39)) -> Fac
         mouth_open=mouth_open, smile=u(-0.08, 0.16), brow_raise=u(-0.05, 0.1),
         gaze_x=u(-1, 1), gaze_y=u(-0.6, 0.6),
         skin=skin, hair=hair, brow_colour=tuple(int(c * u(0.5, 0.9)) for c in hair), lip_colour=lip,
-        iris=_colour(rng, 20, 160), hair_style=int(rng.integers(0, 3)),
+        makeup=float(makeup), iris=_colour(rng, 20, 160), hair_style=int(rng.integers(0, 3)),
         bg_a=_colour(rng, 0, 256), bg_b=_colour(rng, 0, 256), bg_angle=u(0, 2 * math.pi),
         clutter=int(rng.integers(2, 12)), texture_seed=int(rng.integers(0, 2**31)),
         light_angle=u(0, 2 * math.pi), light=float(u(0.5, 0.8)) if rng.random() < 0.2 else u(0.0, 0.4),
@@ -474,13 +475,11 @@ def render_face(params: FaceParams, size=256, rng: np.random.Generator | None = 
 
 def face_attributes(p: FaceParams) -> np.ndarray:
     """WFLW-style 0/1 flags (pose, expression, illumination, make-up, occlusion, blur) of a synthetic face."""
-    skin = np.array(p.skin, float)
-    lip_far = np.abs(np.array(p.lip_colour, float) - (skin * 0.95 - 30)).max() > 40
     return np.array([
         abs(p.yaw) > 0.45 or abs(p.pitch) > 0.2 or abs(p.roll) > 0.3,
         p.mouth_open > 0.15 or abs(p.smile) > 0.12 or p.eye_open < 0.5,
         p.light > 0.5 or p.ambient < 0.7,
-        bool(lip_far),
+        p.makeup > 0.5,
         p.occluder != 0,
         p.blur > 1.5,
     ], dtype=np.int64)
