@@ -1,0 +1,218 @@
+"""Fused heatmap ops against the float64 pure-PyTorch reference, gradcheck, opcheck and bad input."""
+import math
+import warnings
+
+import pytest
+import torch
+
+from ldeq import _ext
+from ldeq.ops import _reference as ref
+from ldeq.ops import heatmap as hm
+from ldeq.ops import heatmap_decode, heatmap_softargmax, heatmap_softargmax_decode
+
+pytestmark = pytest.mark.skipif(not _ext.has_kernel("heatmap_softargmax", "cpu"),
+                                reason="ldeq._C CPU kernels not built")
+
+SHAPES = [(2, 5, 64, 64), (3, 4, 7, 9), (1, 2, 1, 1), (2, 3, 1, 17)]
+F32 = dict(rtol=2e-5, atol=2e-6)
+
+
+def _ref64(logits, beta, official=False):
+    b = beta.double() if torch.is_tensor(beta) else torch.tensor(float(beta), dtype=torch.float64)
+    h = ref.heatmap_softargmax(logits.double().cpu(), b.cpu())
+    return (h,) + ref.heatmap_decode(h, official)
+
+
+def _betas(K, device):
+    return [1.0, torch.tensor(0.7, device=device), torch.tensor([2.0], device=device),
+            torch.rand(K, device=device) * 3 + 0.1]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("official", [False, True])
+def test_forward_matches_float64_reference(device, shape, dtype, official):
+    torch.manual_seed(0)
+    logits = (torch.randn(shape, dtype=torch.float64) * 4).to(device, dtype)
+    tol = F32 if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    for beta in _betas(shape[1], device):
+        h, c, s = heatmap_softargmax_decode(logits, beta, official_std=official)
+        h64, c64, s64 = _ref64(logits, beta, official)
+        assert h.dtype == c.dtype == s.dtype == dtype
+        torch.testing.assert_close(h.double().cpu(), h64, **tol)
+        torch.testing.assert_close(c.double().cpu(), c64, **tol)
+        torch.testing.assert_close(s.double().cpu(), s64, **tol)
+
+
+def test_decode_independent_cases():
+    # A delta at (row 10, col 40): coords (40/64, 10/64) up to the 1e-4 denominator, std 0.
+    h = torch.zeros(1, 1, 64, 64, dtype=torch.float64)
+    h[0, 0, 10, 40] = 1.0
+    c, s = heatmap_decode(h)
+    scale = 1 / (1 + 1e-4)
+    torch.testing.assert_close(c[0, 0], torch.tensor([40 / 64, 10 / 64], dtype=torch.float64) * scale)
+    # p sums to `scale` < 1, so the centre is pulled toward 0 and a delta keeps a tiny spread:
+    # var_x = scale * (40/64 - scale * 40/64)^2
+    var = [scale * (v / 64 - scale * v / 64) ** 2 for v in (40, 10)]
+    assert s.item() == pytest.approx(math.sqrt(0.5 * sum(var)), rel=1e-9)
+    # Two equal spikes in one row at cols 0 and 32: x = 16/64, var_x = (16/64)^2, var_y = 0.
+    h = torch.zeros(1, 1, 64, 64, dtype=torch.float64)
+    h[0, 0, 5, 0] = h[0, 0, 5, 32] = 1e6  # huge mass makes the 1e-4 eps negligible
+    c, s = heatmap_decode(h)
+    assert c[0, 0, 0].item() == pytest.approx(16 / 64, rel=1e-9)
+    assert s.item() == pytest.approx(math.sqrt(0.5 * (16 / 64) ** 2), rel=1e-6)
+    # Official value: a_x = sum p (col - x)^2 with col in pixels and x in [0,1]; std = sqrt(0.5 a_x + 0.5 a_y)/64
+    x, y = 16 / 64, 5 / 64
+    a_x = 0.5 * (0 - x) ** 2 + 0.5 * (32 - x) ** 2
+    a_y = (5 - y) ** 2
+    _, s_off = heatmap_decode(h, official_std=True)
+    assert s_off.item() == pytest.approx(math.sqrt(0.5 * a_x + 0.5 * a_y) / 64, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extreme_logits_and_ties(device, dtype):
+    B, K, H, W = 2, 4, 16, 16
+    torch.manual_seed(1)
+    logits = torch.randn(B, K, H, W, dtype=torch.float64)
+    logits[0, 0] += 1e4                      # large positive offset
+    logits[0, 1] = logits[0, 1] * 1e3 - 1e5  # large negative and wide spread (exp underflows to 0)
+    logits[1, 0] = 3.0                       # every pixel tied at the max
+    logits[1, 1, 2, 3] = logits[1, 1, 9, 9] = logits[1, 1].max() + 1  # two tied maxima
+    logits = logits.to(device, dtype).requires_grad_()
+    beta = torch.tensor([1.0, 50.0, 0.3, 2.0], dtype=dtype, device=device, requires_grad=True)
+    h, c, s = heatmap_softargmax_decode(logits, beta)
+    assert torch.isfinite(h).all() and torch.isfinite(c).all() and torch.isfinite(s).all()
+    l64 = logits.detach().double().cpu().requires_grad_()
+    b64 = beta.detach().double().cpu().requires_grad_()
+    h64, c64, s64 = ref.heatmap_softargmax_decode(l64, b64)
+    tol = F32 if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h.double().cpu(), h64, **tol)
+    torch.testing.assert_close(c.double().cpu(), c64, **tol)
+    torch.testing.assert_close(s.double().cpu(), s64, **tol)
+    # gradients, including the even split between tied maxima (as amax does)
+    gc, gs = torch.randn_like(c64), torch.randn_like(s64)
+    loss = (c * gc.to(device, dtype)).sum() + (s * gs.to(device, dtype)).sum()
+    gl, gb = torch.autograd.grad(loss, (logits, beta))
+    gl64, gb64 = torch.autograd.grad((c64 * gc).sum() + (s64 * gs).sum(), (l64, b64))
+    gtol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(gl.double().cpu(), gl64, **gtol)
+    torch.testing.assert_close(gb.double().cpu(), gb64, **gtol)
+
+
+def test_non_contiguous_inputs(device):
+    torch.manual_seed(2)
+    base = torch.randn(3, 64, 64, 6, device=device)
+    logits = base.permute(0, 3, 1, 2)[:, ::2]  # (3, 3, 64, 64), strided
+    assert not logits.is_contiguous()
+    beta = torch.rand(6, device=device)[::2] + 0.5  # strided beta
+    h, c, s = heatmap_softargmax_decode(logits, beta)
+    h64, c64, s64 = _ref64(logits, beta)
+    torch.testing.assert_close(h.double().cpu(), h64, **F32)
+    torch.testing.assert_close(c.double().cpu(), c64, **F32)
+    torch.testing.assert_close(s.double().cpu(), s64, **F32)
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_gradcheck_and_gradgradcheck(device, official):
+    torch.manual_seed(3)
+    logits = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
+    beta_k = (torch.rand(3, dtype=torch.float64, device=device) + 0.5).requires_grad_()
+    beta_s = torch.tensor(0.8, dtype=torch.float64, device=device, requires_grad=True)
+    fn = lambda l, b: heatmap_decode(heatmap_softargmax(l, b), official)  # noqa: E731
+    for beta in (beta_k, beta_s):
+        assert torch.autograd.gradcheck(fn, (logits, beta))
+        assert torch.autograd.gradgradcheck(fn, (logits, beta))
+    # the heatmaps themselves as an output (grad_heatmaps flows into softargmax's backward)
+    assert torch.autograd.gradcheck(lambda l, b: heatmap_softargmax(l, b), (logits, beta_k))
+
+
+def test_opcheck_all_ops():
+    torch.manual_seed(4)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    beta = (torch.rand(3) + 0.5).requires_grad_()
+    h = heatmap_softargmax(logits.detach(), beta.detach())
+    coords, std = heatmap_decode(h)
+    ops = torch.ops.ldeq
+    cases = [
+        (ops.heatmap_softargmax.default, (logits, beta)),
+        (ops.heatmap_decode.default, (h.clone().requires_grad_(), False)),
+        (ops.heatmap_decode.default, (h.clone().requires_grad_(), True)),
+        (ops.heatmap_softargmax_backward.default, (torch.randn_like(h), logits.detach(), beta.detach(), h)),
+        (ops.heatmap_decode_backward.default,
+         (torch.randn_like(coords), torch.randn_like(std), h, coords, std, False)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)  # raises on any failure
+
+
+def test_torch_compile_fullgraph():
+    fn = torch.compile(lambda l, b: heatmap_decode(heatmap_softargmax(l, b)), fullgraph=True, backend="eager")
+    logits = torch.randn(2, 3, 16, 16)
+    beta = torch.rand(3) + 0.5
+    c, s = fn(logits, beta)
+    c_ref, s_ref = heatmap_decode(heatmap_softargmax(logits, beta))
+    torch.testing.assert_close(c, c_ref)
+    torch.testing.assert_close(s, s_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_compute_in_float32(dtype):
+    logits = torch.randn(2, 3, 16, 16).to(dtype)
+    h, c, s = heatmap_softargmax_decode(logits, 1.0)
+    assert h.dtype == c.dtype == s.dtype == dtype
+    h32, c32, s32 = heatmap_softargmax_decode(logits.float(), 1.0)
+    torch.testing.assert_close(c.float(), c32, rtol=1e-2, atol=1e-2)
+
+
+def test_reference_fallback_matches_kernel(monkeypatch):
+    torch.manual_seed(5)
+    logits = torch.randn(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
+    fused = heatmap_softargmax_decode(logits, 1.3)
+    monkeypatch.setattr(_ext, "KERNELS", frozenset())
+    _ext.warn_fallback.cache_clear()
+    with pytest.warns(RuntimeWarning, match="pure-PyTorch reference"):
+        fallback = heatmap_softargmax_decode(logits, 1.3)
+    for a, b in zip(fused, fallback):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("bad, match, exc", [
+    (torch.randn(3, 64, 64), r"logits must have shape \(B, K, H, W\).*3 dims", ValueError),
+    (torch.randn(2, 3, 0, 64), "non-empty spatial dims", ValueError),
+    (torch.randint(0, 5, (2, 3, 8, 8)), "floating-point.*int64", TypeError),
+    ([[1.0]], "must be a torch.Tensor", TypeError),
+])
+def test_bad_logits(bad, match, exc):
+    with pytest.raises(exc, match=match):
+        heatmap_softargmax(bad, 1.0)
+
+
+def test_bad_beta_and_devices():
+    logits = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"beta must be a scalar or have shape \(K,\) = \(3,\), got shape \(4,\)"):
+        heatmap_softargmax(logits, torch.ones(4))
+    with pytest.raises(ValueError, match=r"got shape \(3, 1\)"):
+        heatmap_softargmax(logits, torch.ones(3, 1))
+    with pytest.raises(TypeError, match="beta must be a floating-point tensor"):
+        heatmap_softargmax(logits, torch.ones(3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="beta must be on logits' device cpu, got meta"):
+        heatmap_softargmax(logits, torch.ones(3, device="meta"))
+    with pytest.raises(TypeError, match="beta must be a float or a tensor"):
+        heatmap_softargmax(logits, "1.0")
+    with pytest.raises(ValueError, match="heatmaps must have shape"):
+        heatmap_decode(torch.rand(64, 64))
+
+
+def test_raw_op_checks_name_the_argument():
+    # the C++ kernels check too, for callers of torch.ops.ldeq.* directly
+    with pytest.raises(RuntimeError, match=r"beta must be a scalar or have shape \(K,\)"):
+        torch.ops.ldeq.heatmap_softargmax(torch.randn(2, 3, 4, 4), torch.ones(5))
+    with pytest.raises(RuntimeError, match="beta must have logits's dtype|beta must have logits' dtype"):
+        torch.ops.ldeq.heatmap_softargmax(torch.randn(2, 3, 4, 4), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="must be float32 or float64"):
+        torch.ops.ldeq.heatmap_decode(torch.ones(2, 3, 4, 4, dtype=torch.int32), False)
+    with pytest.raises(RuntimeError, match=r"grad_coords must have shape \(2, 3, 2\)"):
+        h = torch.rand(2, 3, 4, 4)
+        torch.ops.ldeq.heatmap_decode_backward(torch.ones(2, 3), torch.ones(2, 3), h, torch.ones(2, 3),
+                                               torch.ones(2, 3), False)
