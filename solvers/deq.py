@@ -114,7 +114,7 @@ def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
         on_backward_fail: str = "warn", phantom_steps: int = 5, phantom_tau: float = 0.5,
         stochastic_max_iter: bool = False, generator: Optional[torch.Generator] = None,
         extra_step: bool = True, state_iters: Sequence[int] = (), jac_reg_samples: int = 0,
-        sradius_iters: int = 0):
+        sradius_iters: int = 0, subset_args: bool = False):
     """Find z* = f(z*, *args) from z0 and return it with a gradient attached.
 
     f:          callable f(z, *args) -> tensor shaped like z; parameters it closes over (or an
@@ -136,6 +136,9 @@ def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
                 (phantom steps in 'phantom' mode), in ``stats.states`` before the output.
     jac_reg_samples: >0 puts a Hutchinson estimate of ||J_f(z*)||_F^2 (B,) in stats.jac_loss.
     sradius_iters: >0 puts a power-iteration estimate of rho(J_f(z*)) (B,) in stats.sradius.
+    subset_args: promise that f depends on the batch only through z and ``args`` (every arg a
+                (B, ...) tensor): the solver may then evaluate f on its unconverged samples only,
+                as f(z[idx], *(a[idx] for a in args)). Leave False when f closes over batch data.
 
     Returns (z, stats): z (B, ...) like z0; stats a DEQStats.
     """
@@ -171,7 +174,7 @@ def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
     if want:
         if _solver_accepts(fwd_solver, "trajectory"):  # ldeq.solvers: lowest-residual iterate after k its
             skw["trajectory"] = want
-        else:  # solver-agnostic fallback: record the inputs of f's first len(want) calls
+        else:  # solver-agnostic fallback: the input of f's k-th call is the iterate of iteration k
             calls = [0]
             inner = f_run
 
@@ -180,6 +183,18 @@ def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
                 if calls[0] in want:
                     recorded[calls[0]] = z.detach().clone()
                 return _inner(z)
+
+    if subset_args and _solver_accepts(fwd_solver, "f_subset"):
+        if not args or not all(isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == z0.shape[0]
+                                for a in args):
+            raise ValueError("subset_args=True needs every arg to be a (B, ...) tensor with B = z0.shape[0]")
+        amp_dtype = torch.get_autocast_dtype(amp) if amp else None
+
+        def f_subset(zs, idx):
+            with (torch.autocast(amp, dtype=amp_dtype) if amp else contextlib.nullcontext()):
+                out = f(zs, *(a.index_select(0, idx) for a in args))
+            return out.to(zs.dtype)
+        skw["f_subset"] = f_subset
 
     with torch.no_grad(), (torch.autocast(amp, enabled=False) if amp else contextlib.nullcontext()):
         z_star, fstats = fwd_solver(f_run, z0.detach(), max_iter=used_iter, tol=tol, stop_mode=stop_mode, **skw)

@@ -1,0 +1,252 @@
+"""DEQ training-step benchmarks: peak memory vs max_iter (IFT vs explicit unrolling) and
+forward+backward time vs TorchDEQ's ``get_deq`` (same cell, same solver, IFT backward).
+
+Memory (each point in a fresh process; peak RSS from /proc/self/status VmHWM, reset with
+/proc/self/clear_refs just before the step; glibc's mmap threshold is pinned so freed large
+blocks go back to the OS and RSS follows live memory):
+    python benchmarks/bench_deq.py memory --ks 1 5 10 20
+Time (one process, torch.utils.benchmark, our layer and TorchDEQ interleaved on the same inputs):
+    python benchmarks/bench_deq.py time
+pytest-benchmark entry points (small sizes): pytest benchmarks/bench_deq.py --benchmark-only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+class ConvCell(nn.Module):
+    """LDEQ-like cell: z -> GN(conv(relu(GN(conv(z)))) + x), a (B, C, H, W) state with the
+    injection x added. Weights are scaled down so the map is contractive and solves converge."""
+
+    def __init__(self, C=32, groups=4, scale=0.5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(C, C, 3, padding=1)
+        self.conv2 = nn.Conv2d(C, C, 3, padding=1)
+        self.gn1 = nn.GroupNorm(groups, C)
+        self.gn2 = nn.GroupNorm(groups, C)
+        with torch.no_grad():
+            self.conv1.weight.mul_(scale)
+            self.conv2.weight.mul_(scale)
+
+    def forward(self, z, x):
+        h = torch.relu(self.gn1(self.conv1(z)))
+        return torch.tanh(0.5 * self.gn2(self.conv2(h)) + x)
+
+
+def make_problem(B=8, C=32, H=64, seed=0):
+    torch.manual_seed(seed)
+    cell = ConvCell(C)
+    x = torch.randn(B, C, H, H)
+    return cell, x, torch.zeros(B, C, H, H)
+
+
+def ldeq_step(cell, x, z0, k, solver="anderson", grad="ift"):
+    """One training step of our layer: solve k iterations (tol=0), backward solve k iterations."""
+    from ldeq.solvers.deq import deq
+    z, stats = deq(cell, z0, args=(x,), solver=solver, max_iter=k, tol=0.0, grad=grad,
+                   b_max_iter=k, b_tol=0.0, on_backward_fail="zero")
+    z.pow(2).mean().backward()
+    return stats
+
+
+def unrolled_step(cell, x, z0, k):
+    """Explicit unrolling: k tracked applications of the same cell, full autograd."""
+    z = z0
+    for _ in range(k):
+        z = cell(z, x)
+    z.pow(2).mean().backward()
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _child_memory(mode, k, B, C, H, threads):
+    """Runs in a fresh process: one training step; prints a JSON line with the RSS figures."""
+    torch.set_num_threads(threads)
+    cell, x, z0 = make_problem(B, C, H)
+    before = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset VmHWM to the current RSS: the peak below belongs to this step only
+    t0 = time.perf_counter()
+    if mode == "unrolled":
+        unrolled_step(cell, x, z0, k)
+    else:
+        ldeq_step(cell, x, z0, k, grad=mode)
+    dt = time.perf_counter() - t0
+    peak = _status_kb("VmHWM")
+    print(json.dumps(dict(mode=mode, k=k, rss_before_mb=before / 1024, peak_mb=peak / 1024,
+                          step_peak_mb=(peak - before) / 1024, seconds=dt)))
+
+
+def _atomic_write(path, data: bytes):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def run_memory(args):
+    from tqdm import tqdm
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072",
+               OMP_NUM_THREADS=str(args.threads))
+    rows = []
+    points = [(m, k) for m in args.modes for k in args.ks]
+    for mode, k in tqdm(points, desc="memory points"):
+        vals = []
+        for _ in range(args.repeats):
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "_child", mode, str(k),
+                                  str(args.B), str(args.C), str(args.H), str(args.threads)],
+                                 env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+            vals.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        best = min(vals, key=lambda v: v["step_peak_mb"])  # least disturbed by the other processes
+        rows.append(best)
+    state_mb = args.B * args.C * args.H * args.H * 4 / 2 ** 20
+    result = dict(config=dict(B=args.B, C=args.C, H=args.H, threads=args.threads, state_mb=state_mb,
+                              solver="anderson", repeats=args.repeats), rows=rows)
+    _atomic_write(args.json, json.dumps(result, indent=1).encode())
+    print(f"state z: {args.B}x{args.C}x{args.H}x{args.H} float32 = {state_mb:.1f} MB")
+    print("| mode | max_iter | step peak (MB over pre-step RSS) | process peak RSS (MB) | step time (s) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['k']} | {r['step_peak_mb']:.1f} | {r['peak_mb']:.1f} | {r['seconds']:.2f} |")
+    if args.plot:
+        _plot(rows, args.plot, state_mb)
+
+
+def _plot(rows, path, state_mb):
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for mode, style in (("ift", "o-"), ("jfb", "s--"), ("unrolled", "^-")):
+        pts = [(r["k"], r["step_peak_mb"]) for r in rows if r["mode"] == mode]
+        if pts:
+            ax.plot(*zip(*pts), style, label={"ift": "ldeq IFT", "jfb": "ldeq JFB",
+                                               "unrolled": "explicit unrolling"}[mode])
+    ax.set_xlabel("max_iter (forward iterations)")
+    ax.set_ylabel("peak memory of one step (MB)")
+    ax.set_title(f"DEQ training step, CPU peak RSS (state {state_mb:.0f} MB)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _atomic_write(path, buf.getvalue())
+    print(f"plot written to {path}")
+
+
+# ---- time vs TorchDEQ -------------------------------------------------------------------------
+
+def torchdeq_layer(k, solver="anderson"):
+    from torchdeq import get_deq
+    return get_deq(core="sliced", ift=True, f_solver=solver, b_solver=solver, f_max_iter=k, b_max_iter=k,
+                   f_tol=0.0, b_tol=0.0, f_stop_mode="abs", b_stop_mode="abs")
+
+
+def torchdeq_step(layer, cell, x, z0):
+    zs, info = layer(lambda z: cell(z, x), z0)
+    zs[-1].pow(2).mean().backward()
+
+
+def run_time(args):
+    import torch.utils.benchmark as tb
+    torch.set_num_threads(args.threads)
+    rows = []
+    for B, C, H in args.sizes:
+        cell, x, z0 = make_problem(B, C, H)
+        layer = torchdeq_layer(args.k)
+        layer.train()
+        # f alone, for reference: how much of a step is the cell itself
+        g = dict(cell=cell, x=x, z0=z0, k=args.k, ldeq_step=ldeq_step, torchdeq_step=torchdeq_step,
+                 layer=layer, torch=torch)
+        t_f = tb.Timer("with torch.no_grad(): cell(z0, x)", globals=g, num_threads=args.threads)
+        t_ours = tb.Timer("cell.zero_grad(); ldeq_step(cell, x, z0, k)", globals=g, num_threads=args.threads)
+        t_ref = tb.Timer("cell.zero_grad(); torchdeq_step(layer, cell, x, z0)", globals=g,
+                         num_threads=args.threads)
+        res = {"f": [], "ldeq": [], "torchdeq": []}
+        for _ in range(args.rounds):  # interleave so load from other processes hits both alike
+            res["ldeq"].append(t_ours.blocked_autorange(min_run_time=args.min_time).median)
+            res["torchdeq"].append(t_ref.blocked_autorange(min_run_time=args.min_time).median)
+            res["f"].append(t_f.blocked_autorange(min_run_time=0.2).median)
+        med = {n: sorted(v)[len(v) // 2] for n, v in res.items()}
+        rows.append(dict(B=B, C=C, H=H, k=args.k, f_ms=med["f"] * 1e3, ldeq_ms=med["ldeq"] * 1e3,
+                         torchdeq_ms=med["torchdeq"] * 1e3, speedup=med["torchdeq"] / med["ldeq"]))
+        print(rows[-1], flush=True)
+    _atomic_write(args.json, json.dumps(dict(threads=args.threads, rows=rows), indent=1).encode())
+    print("| state (B,C,H,W) | iters fwd/bwd | f alone (ms) | ldeq step (ms) | torchdeq step (ms) | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['B']}x{r['C']}x{r['H']}x{r['H']} | {r['k']}/{r['k']} | {r['f_ms']:.2f} | {r['ldeq_ms']:.1f} "
+              f"| {r['torchdeq_ms']:.1f} | {r['speedup']:.2f}x |")
+
+
+# ---- pytest-benchmark entry points (small; `pytest benchmarks/bench_deq.py --benchmark-only`) --
+
+def _small():
+    torch.set_num_threads(2)
+    return make_problem(B=4, C=16, H=32)
+
+
+def test_bench_ldeq_ift_step(benchmark):
+    cell, x, z0 = _small()
+    benchmark(lambda: (cell.zero_grad(), ldeq_step(cell, x, z0, 10)))
+
+
+def test_bench_torchdeq_ift_step(benchmark):
+    cell, x, z0 = _small()
+    layer = torchdeq_layer(10)
+    benchmark(lambda: (cell.zero_grad(), torchdeq_step(layer, cell, x, z0)))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_child":
+        mode, k, B, C, H, threads = argv[1], *map(int, argv[2:7])
+        _child_memory(mode, k, B, C, H, threads)
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("memory")
+    m.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10, 20])
+    m.add_argument("--modes", nargs="+", default=["ift", "unrolled"], choices=["ift", "jfb", "unrolled"])
+    m.add_argument("--B", type=int, default=8)
+    m.add_argument("--C", type=int, default=32)
+    m.add_argument("--H", type=int, default=64)
+    m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--repeats", type=int, default=2)
+    m.add_argument("--json", default=os.path.join(HERE, "results", "deq_memory.json"))
+    m.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "deq_memory.png"))
+    t = sub.add_parser("time")
+    t.add_argument("--k", type=int, default=20)
+    t.add_argument("--sizes", type=lambda s: tuple(map(int, s.split("x"))), nargs="+",
+                   default=[(8, 32, 64), (32, 98, 64)], help="BxCxH per case")
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--min-time", type=float, default=2.0)
+    t.add_argument("--json", default=os.path.join(HERE, "results", "deq_time.json"))
+    a = p.parse_args(argv)
+    return run_memory(a) if a.cmd == "memory" else run_time(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main() or 0)
