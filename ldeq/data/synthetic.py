@@ -268,7 +268,8 @@ def _noise_bank(h: int, w: int):
     r = np.random.default_rng(12345)
     smooth = cv2.GaussianBlur(r.standard_normal((2 * h, 2 * w)).astype(np.float32), (0, 0), 3.0)
     smooth /= smooth.std() + 1e-6
-    fine = r.standard_normal((2 * h, 2 * w, 3)).astype(np.float32)
+    # Sensor noise stored as uint8 around 128 with std 32, so cv2.addWeighted can apply it in one pass.
+    fine = np.clip(128 + 32 * r.standard_normal((2 * h, 2 * w, 3)), 0, 255).astype(np.uint8)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     return smooth, fine, xx, yy
 
@@ -297,10 +298,13 @@ def _shade(colour, f):
 
 def _background(img, p: FaceParams, rng_tex, xx, yy):
     h, w = img.shape[:2]
-    d = math.cos(p.bg_angle) * xx / w + math.sin(p.bg_angle) * yy / h
+    # A linear gradient is computed on a 9x9 grid and bilinearly upsampled (exact for a linear ramp).
+    g = np.linspace(0.0, 1.0, 9, dtype=np.float32)
+    d = math.cos(p.bg_angle) * g[None, :] + math.sin(p.bg_angle) * g[:, None]
     d = (d - d.min()) / (np.ptp(d) + 1e-6)
     a, b = np.array(p.bg_a, np.float32), np.array(p.bg_b, np.float32)
-    img[:] = (a + d[..., None] * (b - a)).astype(np.uint8)
+    small = np.clip(a + d[..., None] * (b - a), 0, 255).astype(np.uint8)
+    img[:] = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     s = min(h, w)
     for _ in range(p.clutter):
         col = tuple(int(v) for v in rng_tex.integers(0, 256, 3))
@@ -392,10 +396,10 @@ def render_face(params: FaceParams, size=256, rng: np.random.Generator | None = 
         lit = 1.0 + 0.35 * p.light * (math.cos(p.light_angle) * dx + math.sin(p.light_angle) * dy)
         rim = 1.0 - 0.18 * np.clip(dx * dx / 1.1 + dy * dy / 2.2, 0, 1.5)
         tex = smooth[oy:oy + y1 - y0, ox:ox + x1 - x0]
-        skin = np.array(p.skin, np.float32) * (lit * rim * (1.0 + 0.025 * tex))[..., None]
-        a = mask[y0:y1, x0:x1, None].astype(np.float32) * (1.0 / 255.0)
-        roi = img[y0:y1, x0:x1]
-        roi[:] = np.clip(roi * (1.0 - a) + skin * a, 0, 255).astype(np.uint8)
+        fac = lit * rim * (1.0 + 0.025 * tex)
+        skin = cv2.merge([cv2.convertScaleAbs(fac, alpha=float(c)) for c in p.skin])  # saturating uint8
+        a = mask[y0:y1, x0:x1].astype(np.float32) * (1.0 / 255.0)
+        img[y0:y1, x0:x1] = cv2.blendLinear(skin, img[y0:y1, x0:x1], a, 1.0 - a)
     if p.hair_style > 0:  # fringe over the top of the forehead
         t = np.linspace(0.0, math.pi, 11)
         hairline = np.stack([np.cos(t) * p.jaw_width * 1.03, -0.98 + 0.45 * (1 - np.sin(t)) ** 2, 0.1 * np.sin(t)], 1)
@@ -465,11 +469,12 @@ def render_face(params: FaceParams, size=256, rng: np.random.Generator | None = 
     # Camera: global exposure, blur and sensor noise.
     if p.blur > 0.3:
         img = cv2.GaussianBlur(img, (0, 0), p.blur)
-    f = img.astype(np.float32) * p.ambient
     if p.noise > 0:
         ox, oy = rng.integers(0, w), rng.integers(0, h)
-        f += p.noise * fine[oy:oy + h, ox:ox + w]
-    img = np.clip(f, 0, 255).astype(np.uint8)
+        k = p.noise / 32.0  # the bank's std is 32 around 128
+        img = cv2.addWeighted(img, p.ambient, fine[oy:oy + h, ox:ox + w], k, -128.0 * k)
+    elif p.ambient != 1.0:
+        img = cv2.convertScaleAbs(img, alpha=p.ambient)
     return img, lm
 
 
