@@ -88,10 +88,11 @@ def make_synthetic_video(seed: int = 0, n_frames: int = 90, size: Tuple[int, int
     waves = {k: (rng.uniform(40, 120, 2), rng.uniform(0, 2 * math.pi, 2)) for k in drive}
     # ambiguous stretches at non-overlapping random places
     ev: List[Tuple[str, int, int]] = []
-    slots = list(range(max(1, (n_frames - 5) // (event_len + 5))))
+    gap = 2  # clean frames before and between stretches
+    slots = list(range(max(1, (n_frames - gap) // (event_len + gap))))
     rng.shuffle(slots)
     for kind, s in zip(events, slots):
-        start = 5 + s * (event_len + 5)
+        start = gap + s * (event_len + gap)
         if start + event_len <= n_frames:
             ev.append((kind, start, start + event_len))
     blur_angle = rng.uniform(0, math.pi)
@@ -137,3 +138,37 @@ def make_synthetic_videos(n_videos: int = 4, seed: int = 0, lengths: Optional[Li
     if len(lengths) != n_videos:
         raise ValueError(f"lengths: expected {n_videos} values, got {len(lengths)}")
     return [make_synthetic_video(seed + i, n_frames=n, **kwargs) for i, n in enumerate(lengths)]
+
+
+def write_wflwv_root(root: str, n_per_split: int = 4, n_frames: int = 90, seed: int = 0, progress: bool = True) -> dict:
+    """Writes synthetic clips in the WFLW-V layout (videos/<ID>.mp4, bboxes/<ID>.npy,
+    landmarks/<ID>.npy) with split lists ``root/splits/{easy,hard}_video_IDs.txt``: 'easy' clips
+    have smooth motion only, 'hard' clips add the ambiguous stretches. Returns {split: [IDs]}.
+
+    Note: the .mp4 is lossy (mp4v), so a model sees slightly different pixels than in memory.
+    """
+    import os
+
+    from tqdm.auto import tqdm
+
+    from .io import write_video
+
+    ids = {"easy": [f"synth_easy_{i:03d}" for i in range(n_per_split)],
+           "hard": [f"synth_hard_{i:03d}" for i in range(n_per_split)]}
+    for sub in ("videos", "bboxes", "landmarks", "splits"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    jobs = [(s, i, vid) for s in ("easy", "hard") for i, vid in enumerate(ids[s])]
+    for split, i, vid in tqdm(jobs, desc="synthetic WFLW-V", disable=not progress):
+        v = make_synthetic_video(seed + 1000 * (split == "hard") + i, n_frames,
+                                 events=EVENTS if split == "hard" else ())
+        write_video(os.path.join(root, "videos", f"{vid}.mp4"), v.frames, v.fps)
+        for sub, arr in (("bboxes", v.boxes), ("landmarks", v.landmarks)):
+            tmp = os.path.join(root, sub, f".tmp_{vid}.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, os.path.join(root, sub, f"{vid}.npy"))
+    for split, lst in ids.items():
+        path = os.path.join(root, "splits", f"{split}_video_IDs.txt")
+        with open(path + ".tmp", "w") as fh:
+            fh.write("\n".join(lst) + "\n")
+        os.replace(path + ".tmp", path)
+    return ids

@@ -7,7 +7,8 @@ Layout::
     ROOT/landmarks/<ID>.npy    (n_frames, 98, 2) frame pixels (pseudo-labels)
 
 The official easy / hard split lists (500 IDs each) ship with ldeq in
-``ldeq/resources/wflw_v/{easy,hard}_video_IDs.txt``. A ROOT may hold only part of the dataset:
+``ldeq/resources/wflw_v/{easy,hard}_video_IDs.txt`` (``split_dir`` points at other lists, e.g. those
+of a synthetic root written by ``ldeq video synth``). A ROOT may hold only part of the dataset:
 ``missing='skip'`` (default) drops IDs whose files are absent and reports them in
 ``WFLWV.missing``; ``missing='error'`` raises on the first absent file.
 """
@@ -23,11 +24,20 @@ from .io import VideoReader, load_bboxes
 SPLITS = ("easy", "hard")
 
 
-def split_ids(split: str) -> List[str]:
-    """The video IDs of the official 'easy' or 'hard' split (500 each), in file order."""
+def split_ids(split: str, split_dir: Optional[str] = None) -> List[str]:
+    """The video IDs of the 'easy' or 'hard' split, in file order: the official lists shipped with
+    ldeq (500 each), or ``split_dir/<split>_video_IDs.txt`` when ``split_dir`` is given."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
-    text = resources.files("ldeq").joinpath("resources", "wflw_v", f"{split}_video_IDs.txt").read_text()
+    name = f"{split}_video_IDs.txt"
+    if split_dir is not None:
+        path = os.path.join(split_dir, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"split list {path!r}: not found")
+        with open(path) as fh:
+            text = fh.read()
+    else:
+        text = resources.files("ldeq").joinpath("resources", "wflw_v", name).read_text()
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
@@ -65,13 +75,15 @@ class WFLWVItem:
 class WFLWV:
     """Items of a WFLW-V root for a split ('easy', 'hard', 'all') or an explicit ID list."""
 
-    def __init__(self, root: str, split: str = "all", ids: Optional[Sequence[str]] = None, missing: str = "skip"):
+    def __init__(self, root: str, split: str = "all", ids: Optional[Sequence[str]] = None, missing: str = "skip",
+                 split_dir: Optional[str] = None):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"WFLW-V root {root!r}: not a directory")
         if missing not in ("skip", "error"):
             raise ValueError(f"missing: expected 'skip' or 'error', got {missing!r}")
         if ids is None:
-            ids = split_ids("easy") + split_ids("hard") if split == "all" else split_ids(split)
+            ids = (split_ids("easy", split_dir) + split_ids("hard", split_dir) if split == "all"
+                   else split_ids(split, split_dir))
         self.root, self.split = root, split
         self.items: List[WFLWVItem] = []
         self.missing: List[str] = []

@@ -1,0 +1,244 @@
+"""``ldeq video``: landmarks on a video with RwR, and WFLW-V style evaluation.
+
+    ldeq video INPUT [--bboxes FILE | --detector haar] --checkpoint PATH --out DIR
+               [--mode off|warm|prox] [--gamma G] [--gt LANDMARKS.npy] [--filter NAME] ...
+    ldeq video eval ROOT --checkpoint PATH [--split easy|hard|all] [--split-dir DIR] [--out DIR]
+    ldeq video synth ROOT [--n-videos N] [--frames T]   (a synthetic WFLW-V style root)
+
+(A video file literally named ``eval`` or ``synth`` is passed as ``./eval``.)
+
+Single-video outputs in DIR (STEM = the input's file name without extension):
+STEM_landmarks.npy / .csv (frame pixels, NaN rows for frames without face), STEM_boxes.npy,
+STEM_annotated.mp4 and, with --gt, STEM_metrics.json. Everything is written atomically; on an
+error or Ctrl-C in the middle of the video, the frames processed so far are still written
+(landmarks of the missing frames are absent) and the exit code is non-zero.
+Exit codes: 0 ok, 1 interrupted/failed mid-run (partial outputs written), 2 bad input.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+import numpy as np
+
+from .evaluate import DEFAULT_FILTERS, compare, format_table, write_json
+from .filters import filter_with_gaps, make_filter
+from .io import (AtomicVideoWriter, HaarFaceDetector, NoFaceError, VideoError, VideoReader, draw_landmarks,
+                 load_bboxes, save_landmarks)
+from .rwr import MODES, RwRConfig, RwRRunner
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="LDEQ checkpoint (ours or the official format)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--max-iter-full", type=int, default=None,
+                   help="iterations of a solve from zeros (default: the checkpoint's max_iters)")
+    p.add_argument("--max-iter-warm", type=int, default=1, help="iterations per frame in mode warm (default 1)")
+    p.add_argument("--max-iter-prox", type=int, default=1, help="iterations per frame in mode prox (default 1)")
+    p.add_argument("--gamma", type=float, default=1.0, help="prox weight on ||z - z*_{t-1}||^2 (default 1.0)")
+    p.add_argument("--batch-size", type=int, default=16, help="videos solved together (eval)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _load_model(args):
+    """(model, solve) or raises a clear ValueError / FileNotFoundError."""
+    from .model_solve import LDEQSolve, load_ldeq_for_video
+    model = load_ldeq_for_video(args.checkpoint, args.device)
+    return model, LDEQSolve(model)
+
+
+def _config(args, model, mode: str) -> RwRConfig:
+    return RwRConfig(mode=mode, max_iter_full=args.max_iter_full or model.cfg.max_iters,
+                     max_iter_warm=args.max_iter_warm, max_iter_prox=args.max_iter_prox, gamma=args.gamma,
+                     batch_size=args.batch_size, crop_size=model.cfg.image_size)
+
+
+def _err(msg: str) -> int:
+    print(f"ldeq video: error: {msg}", file=sys.stderr)
+    return 2
+
+
+# ----------------------------------------------------------------------------- single video
+def _video_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ldeq video", description="Landmarks on a video with RwR (see also "
+                                "'ldeq video eval -h' and 'ldeq video synth -h').")
+    p.add_argument("input", help="video file (anything OpenCV decodes)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bboxes", help="face boxes: .npy (n_frames, >=4) or text rows 'x1 y1 x2 y2'; NaN row = no face")
+    src.add_argument("--detector", choices=["haar"], help="detect faces with OpenCV's Haar cascade (smoothed)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mode", choices=MODES, default="warm", help="RwR mode (default warm)")
+    p.add_argument("--gt", help="ground-truth landmarks .npy (n_frames, 98, 2) frame pixels: report NME and NMF")
+    p.add_argument("--filter", choices=sorted(DEFAULT_FILTERS), help="also write landmarks filtered by this filter")
+    p.add_argument("--filter-params", default=None, help="JSON dict of the filter's parameters")
+    p.add_argument("--no-video", action="store_true", help="skip the annotated .mp4")
+    _add_model_args(p)
+    return p
+
+
+def run_single(argv: List[str]) -> int:
+    args = _video_parser().parse_args(argv)
+    try:
+        reader = VideoReader(args.input)
+    except VideoError as e:
+        return _err(str(e))
+    stem = os.path.join(args.out, os.path.splitext(os.path.basename(args.input))[0])
+    gt = None
+    try:
+        if args.bboxes:
+            boxes = load_bboxes(args.bboxes)
+            if reader.frame_count > 0 and len(boxes) < reader.frame_count:
+                raise ValueError(f"bbox file {args.bboxes!r}: {len(boxes)} boxes for a video of "
+                                 f"{reader.frame_count} frames")
+        if args.gt:
+            if not os.path.isfile(args.gt):
+                raise FileNotFoundError(f"ground truth {args.gt!r}: not found")
+            gt = np.load(args.gt, allow_pickle=False).astype(np.float64)
+            if gt.ndim != 3 or gt.shape[2] != 2:
+                raise ValueError(f"ground truth {args.gt!r}: expected (n_frames, K, 2), got {gt.shape}")
+        model, solve = _load_model(args)
+        if args.detector:
+            print(f"detecting faces in {args.input} (Haar cascade) ...")
+            boxes = HaarFaceDetector().boxes(reader, name=args.input)
+            n_missing = int((~np.isfinite(boxes).all(axis=1)).sum())
+            if n_missing:
+                print(f"warning: no face in {n_missing} frame(s): they are skipped (NaN landmarks)")
+        filt = None
+        if args.filter:
+            params = json.loads(args.filter_params) if args.filter_params else DEFAULT_FILTERS[args.filter]
+            filt = make_filter(args.filter, **params)
+    except (ValueError, FileNotFoundError, NoFaceError) as e:
+        return _err(str(e))
+
+    os.makedirs(args.out, exist_ok=True)
+    np.save(stem + "_boxes.npy", boxes)
+    cfg = _config(args, model, args.mode)
+    runner = RwRRunner(solve, cfg, args.device)
+    writer = None if args.no_video else AtomicVideoWriter(stem + "_annotated.mp4", reader.fps, reader.size)
+
+    def on_frame(v, t, frame, pts, box):
+        if writer is not None:
+            g = gt[t] if gt is not None and t < len(gt) else None
+            writer.write(draw_landmarks(frame, pts, box, gt=g, text=f"{args.mode} frame {t}"))
+
+    rc, done = 0, False
+    try:
+        runner.run([reader], [boxes], progress=not args.no_progress, on_frame=on_frame, names=[args.input])
+        done = True
+    except KeyboardInterrupt:
+        print("\ninterrupted: writing the frames processed so far", file=sys.stderr)
+        rc = 1
+    except (ValueError, RuntimeError) as e:
+        print(f"ldeq video: error during the run: {e}; writing the frames processed so far", file=sys.stderr)
+        rc = 1
+    finally:
+        if writer is not None:
+            writer.close()
+        lm = runner.collect(model.cfg.n_keypoints)[0]
+        if len(lm):
+            save_landmarks(stem + "_landmarks", lm)
+    written = [stem + "_landmarks.npy", stem + "_landmarks.csv", stem + "_boxes.npy"]
+    if writer is not None and writer.n_frames:
+        written.append(stem + "_annotated.mp4")
+    if filt is not None and len(lm):
+        save_landmarks(stem + f"_landmarks_{args.filter}", filter_with_gaps(filt, lm))
+        written.append(stem + f"_landmarks_{args.filter}.npy")
+    print(f"{len(lm)} frames{'' if done else ' (partial)'}; wrote " + ", ".join(written))
+    if gt is not None and len(lm) >= 2:
+        from .metrics import video_nme, video_nmf
+        n = min(len(lm), len(gt))
+        res = {"mode": args.mode, "frames": n, "nme": video_nme(lm[:n], gt[:n], ignore_nan=True),
+               "nmf": video_nmf(lm[:n], gt[:n], ignore_nan=True)}
+        if filt is not None:
+            fl = filter_with_gaps(filt, lm[:n])
+            res[args.filter] = {"nme": video_nme(fl, gt[:n], ignore_nan=True), "nmf": video_nmf(fl, gt[:n], ignore_nan=True)}
+        write_json(stem + "_metrics.json", res)
+        print(f"NME {res['nme']:.3f}  NMF {res['nmf']:.2f}  ({n} frames)")
+    return rc
+
+
+# ----------------------------------------------------------------------------- evaluation
+def run_eval(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(prog="ldeq video eval", description="NME / NMF per split and mode on a "
+                                "WFLW-V style root (videos/, bboxes/, landmarks/)")
+    p.add_argument("root")
+    p.add_argument("--split", choices=["easy", "hard", "all"], default="all",
+                   help="'all' reports easy and hard separately (default)")
+    p.add_argument("--split-dir", default=None, help="folder with {easy,hard}_video_IDs.txt (default: the official lists)")
+    p.add_argument("--modes", default="off,warm,prox", help="comma-separated RwR modes")
+    p.add_argument("--filters", default=",".join(DEFAULT_FILTERS),
+                   help="comma-separated filters applied to the 'off' predictions ('' for none)")
+    p.add_argument("--max-videos", type=int, default=None, help="first N videos of each split (quick runs)")
+    p.add_argument("--out", default=None, help="write results.json and table.md here")
+    _add_model_args(p)
+    args = p.parse_args(argv)
+    from .wflwv import WFLWV
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        return _err(f"--modes: unknown {bad}; expected a subset of {MODES}")
+    filters = {f: DEFAULT_FILTERS[f] for f in args.filters.split(",") if f}
+    try:
+        model, solve = _load_model(args)
+        splits = ["easy", "hard"] if args.split == "all" else [args.split]
+        data = {s: WFLWV(args.root, s, split_dir=args.split_dir) for s in splits}
+    except (ValueError, FileNotFoundError) as e:
+        return _err(str(e))
+    results, tables = {}, []
+    for s, ds in data.items():
+        items = ds.items[:args.max_videos] if args.max_videos else ds.items
+        if ds.missing:
+            print(f"{s}: {len(ds.missing)} video(s) of the split list are not under {args.root} (skipped)")
+        if not items:
+            print(f"{s}: no videos, skipped")
+            continue
+        try:
+            gts = [it.landmarks() for it in items]
+            boxes = [it.bboxes(len(g)) for it, g in zip(items, gts)]
+            videos = [it.reader() for it in items]
+        except (ValueError, FileNotFoundError) as e:
+            return _err(str(e))
+        rows = compare(solve, videos, boxes, gts, modes, filters, _config(args, model, "warm"),
+                       progress=not args.no_progress, device=args.device)
+        results[s] = rows
+        tables.append(f"### {s} ({len(items)} videos)\n\n{format_table(rows)}")
+        print(tables[-1] + "\n")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        write_json(os.path.join(args.out, "results.json"), results)
+        tmp = os.path.join(args.out, "table.md.tmp")
+        with open(tmp, "w") as fh:
+            fh.write("\n\n".join(tables) + "\n")
+        os.replace(tmp, os.path.join(args.out, "table.md"))
+    return 0
+
+
+# ----------------------------------------------------------------------------- synthetic root
+def run_synth(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(prog="ldeq video synth", description="Write synthetic videos in the WFLW-V "
+                                "layout: 'easy' clips have smooth motion only, 'hard' clips add occluders, "
+                                "motion blur and lighting flicker")
+    p.add_argument("root")
+    p.add_argument("--n-videos", type=int, default=4, help="per split (default 4)")
+    p.add_argument("--frames", type=int, default=90)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from .synthetic import write_wflwv_root
+    ids = write_wflwv_root(args.root, args.n_videos, args.frames, args.seed)
+    print(f"wrote {sum(len(v) for v in ids.values())} videos under {args.root} "
+          f"(split lists in {os.path.join(args.root, 'splits')})")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "eval":
+        return run_eval(argv[1:])
+    if argv and argv[0] == "synth":
+        return run_synth(argv[1:])
+    return run_single(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
