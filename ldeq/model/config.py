@@ -86,7 +86,7 @@ class LDEQConfig:
         need(self.stop_mode in STOP_MODES, "stop_mode", f"one of {STOP_MODES}")
         need(math.isfinite(self.cell_softargmax_beta) and self.cell_softargmax_beta > 0,
              "cell_softargmax_beta", "a finite float > 0")
-        need(math.isfinite(self.tol) and self.tol >= 0, "tol", "a finite float >= 0")
+        need(math.isfinite(self.tol) and self.tol > 0, "tol", "a finite float > 0")
         # the hourglass halves the resolution 4 times; the backbone divides the image by 4
         need(self.heatmap_size % 16 == 0, "heatmap_size", "a multiple of 16 (hourglass depth 4)")
         need(self.image_size == 4 * self.heatmap_size, "image_size",

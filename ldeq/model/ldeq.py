@@ -17,7 +17,7 @@ from ldeq.ops import heatmap_decode
 from .config import LDEQConfig
 from .hourglass import Hourglass
 from .layers import Conv, SoftArgmaxNorm, _Identity
-from .solve import GRAD_MODES, SolverStats, attach_gradient, residuals, solve, stats_from_traces
+from .solve import GRAD_MODES, SolverStats, residuals, run_deq, stats_from_traces
 
 
 @dataclass
@@ -72,28 +72,19 @@ class DEQLayer(nn.Module):
         self.cell = Cell(cfg)
 
     def forward(self, x, z0, *, mode, solver, max_iters, tol, stop_mode, extra_final_step, grad_mode,
-                save_trajectory=False):
-        """x (B, W, S, S), z0 (B, Z, S, S) -> (z, SolverStats, trajectory list)."""
-        f = lambda z: self.cell(z, x)  # noqa: E731
+                save_trajectory=False, deq_kwargs=None):
+        """x (B, W, S, S), z0 (B, Z, S, S) -> (z (B, Z, S, S), SolverStats, trajectory list)."""
         if mode == "explicit":
-            return self._explicit(f, z0, save_trajectory)
+            return self._explicit(lambda z: self.cell(z, x), z0, save_trajectory)
         cfg = self.cfg
-        kw = dict(m=cfg.anderson_m, lam=cfg.anderson_lam, beta=cfg.anderson_beta) if solver == "anderson" else {}
+        skw = dict(m=cfg.anderson_m, lam=cfg.anderson_lam, beta=cfg.anderson_beta) if solver == "anderson" else {}
         if save_trajectory:
-            kw["save_trajectory"] = list(range(1, max_iters + 1))
-        z_star, stats = solve(f, z0, solver=solver, max_iter=max_iters, tol=tol, stop_mode=stop_mode,
-                              stochastic=self.training and cfg.stochastic_max_iters, **kw)
-        trajectory = [stats.trajectory[k] for k in sorted(stats.trajectory)] if save_trajectory else []
-        if self.training:
-            # one tracked step from the (detached) equilibrium; its gradient is chosen by grad_mode
-            z_star = z_star.detach().requires_grad_()
-            z = attach_gradient(f(z_star), z_star, f, grad_mode, solver=solver, max_iter=max_iters,
-                                tol=tol, stop_mode=stop_mode)
-        elif extra_final_step:
-            z = f(z_star)
-        else:
-            z = z_star
-        return z, stats, trajectory
+            skw["save_iters"] = list(range(1, max_iters + 1))
+        z, stats = run_deq(self.cell, z0, x, solver=solver, max_iter=max_iters, tol=tol, stop_mode=stop_mode,
+                           solver_kwargs=skw, grad=grad_mode, extra_step=extra_final_step,
+                           stochastic_max_iter=self.training and cfg.stochastic_max_iters, **(deq_kwargs or {}))
+        traj = getattr(stats, "trajectory", None) or {}
+        return z, stats, [traj[k] for k in sorted(traj)]
 
     def _explicit(self, f, z0, save_trajectory):
         """``explicit_depth`` tracked applications of the same cell (memory linear in depth)."""
@@ -148,13 +139,16 @@ class LDEQ(nn.Module):
                 solver: Optional[str] = None, max_iters: Optional[int] = None, tol: Optional[float] = None,
                 stop_mode: Optional[str] = None, extra_final_step: Optional[bool] = None,
                 official_std: Optional[bool] = None, grad_mode: str = "ift",
-                save_trajectory: bool = False) -> LDEQOutput:
+                save_trajectory: bool = False, deq_kwargs: Optional[dict] = None) -> LDEQOutput:
         """images (B, 3, 4S, 4S) float, normalised; z0 (B, Z, S, S) or None for zeros.
 
-        Keyword arguments override the config for this call. In training mode the solve runs
-        without autograd and one tracked step z = f(z*) carries the gradient chosen by
-        ``grad_mode``: 'ift' (implicit), 'jfb' (that step only) or 'phantom'. In eval mode the
-        extra final step is applied unless ``extra_final_step=False``.
+        Keyword arguments override the config for this call. The solve always runs without
+        autograd. When autograd is enabled, a tracked step z = f(z*) carries the gradient chosen by
+        ``grad_mode``: 'ift' (implicit), 'jfb' (that step only) or 'phantom'; ``deq_kwargs`` go to
+        ``ldeq.solvers.deq`` (e.g. b_max_iter, b_tol, phantom_steps, jac_reg_samples) -- this is
+        the trainer's hook. Without autograd the extra final step f(z*) is applied unless
+        ``extra_final_step=False``. Stochastic max_iters applies in training mode only.
+        ``save_trajectory`` returns the solver iterates (when the solver records them).
         """
         cfg = self.cfg
         mode = cfg.model_mode if mode is None else mode
@@ -170,7 +164,7 @@ class LDEQ(nn.Module):
             tol=cfg.tol if tol is None else float(tol),
             stop_mode=cfg.stop_mode if stop_mode is None else stop_mode,
             extra_final_step=cfg.extra_final_step if extra_final_step is None else extra_final_step,
-            grad_mode=grad_mode, save_trajectory=save_trajectory)
+            grad_mode=grad_mode, save_trajectory=save_trajectory, deq_kwargs=deq_kwargs)
         h, kp, std = self.decode(z, official_std)
         return LDEQOutput(keypoints=kp, uncertainty=std, z_star=z, heatmaps=h, stats=stats, trajectory=traj)
 
