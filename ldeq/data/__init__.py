@@ -9,5 +9,6 @@ from .synthetic import (FaceParams, SyntheticFaces, export_wflw_cropped, face_at
                         interpolate_params, random_face_params, render_face)
 from .topology import FLIP_PERM, IOD_INDICES, NUM_LANDMARKS
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, Augmenter, denormalize, to_tensor
+from .visualize import draw_landmarks, landmark_grid, write_png
 from .wflw import (SPLITS, TEST_SUBSETS, WFLWCropped, WFLWFormatError, WFLWOriginal, detect_layout,
                    read_annotation_list, read_cropped_list, wflw_dataset)

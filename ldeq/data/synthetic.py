@@ -481,7 +481,7 @@ def render_face(params: FaceParams, size=256, rng: np.random.Generator | None = 
 def face_attributes(p: FaceParams) -> np.ndarray:
     """WFLW-style 0/1 flags (pose, expression, illumination, make-up, occlusion, blur) of a synthetic face."""
     return np.array([
-        abs(p.yaw) > 0.45 or abs(p.pitch) > 0.2 or abs(p.roll) > 0.3,
+        abs(p.yaw) > 0.5 or abs(p.pitch) > 0.22 or abs(p.roll) > 0.32,
         p.mouth_open > 0.15 or abs(p.smile) > 0.12 or p.eye_open < 0.5,
         p.light > 0.5 or p.ambient < 0.7,
         p.makeup > 0.5,
