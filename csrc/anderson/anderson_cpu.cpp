@@ -1,0 +1,172 @@
+// CPU kernels of Anderson acceleration; see anderson.h for the contract.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "anderson/anderson.h"
+#include "anderson/anderson_solve.h"
+#include "solver_common.h"
+
+namespace ldeq {
+namespace {
+
+template <typename scalar_t>
+void update_kernel(at::Tensor& X, at::Tensor& G, const at::Tensor& fz, int64_t slot, int64_t n, const bool* act,
+                   double* partial_data, int64_t nchunks, int64_t nout, int64_t B, int64_t d) {
+    scalar_t* Xp = X.data_ptr<scalar_t>();
+    scalar_t* Gp = G.data_ptr<scalar_t>();
+    const scalar_t* Fp = fz.data_ptr<scalar_t>();
+    at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / nchunks, c = t % nchunks;
+        if (!act[b]) continue;
+        double* out = partial_data + t * nout;
+        const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
+        const scalar_t* x = Xp + (slot * B + b) * d;
+        scalar_t* g = Gp + (slot * B + b) * d;
+        const scalar_t* fzb = Fp + b * d;
+        for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
+          const int64_t s1 = std::min(j1, s0 + kBlock);
+          double fsq = 0.0;
+#pragma omp simd reduction(+ : fsq)
+          for (int64_t j = s0; j < s1; ++j) {
+            const scalar_t gv = fzb[j] - x[j];  // rounded to the state dtype, as stored
+            g[j] = gv;
+            const double fv = static_cast<double>(fzb[j]);
+            fsq += fv * fv;
+          }
+          out[n] += fsq;
+          for (int64_t i = 0; i < n; ++i) {
+            const scalar_t* gi = Gp + (i * B + b) * d;
+            double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t j = s0; j < s1; ++j) acc += static_cast<double>(g[j]) * static_cast<double>(gi[j]);
+            out[i] += acc;
+          }
+        }
+      }
+    });
+}
+
+// One new Gram row + squared norms. Task = (sample b, chunk); partial sums per task are reduced
+// at the end so the result does not depend on the thread count.
+std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(at::Tensor X, at::Tensor G, const at::Tensor& fz,
+                                                       at::Tensor H, int64_t slot, int64_t n,
+                                                       const at::Tensor& active) {
+  check_history(X, "X", fz);
+  check_history(G, "G", fz);
+  const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
+  TORCH_CHECK(G.sizes() == X.sizes(), "G must have the shape of X ", X.sizes(), ", got ", G.sizes());
+  check_state(fz, "fz", B, d, X);
+  check_f64(H, "H", {B, m, m}, X);
+  check_active(active, B, X);
+  TORCH_CHECK(0 <= slot && slot < m && 1 <= n && n <= m && slot < n, "anderson_update: need 0 <= slot < n <= m, got slot=",
+              slot, " n=", n, " m=", m);
+  const int64_t nchunks = (d + kChunk - 1) / kChunk;
+  const int64_t nout = n + 1;  // n Gram entries, then ||fz||^2 (||g||^2 is the slot entry)
+  std::vector<double> partial(B * nchunks * nout, 0.0);
+  const bool* act = active.data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_update_cpu", [&] {
+    update_kernel<scalar_t>(X, G, fz, slot, n, act, partial.data(), nchunks, nout, B, d);
+  });
+  auto opts = X.options().dtype(at::kDouble);
+  at::Tensor res_sq = at::zeros({B}, opts), fz_sq = at::zeros({B}, opts);
+  double* Hp = H.data_ptr<double>();
+  double* rp = res_sq.data_ptr<double>();
+  double* fp = fz_sq.data_ptr<double>();
+  std::vector<double> row(nout);
+  for (int64_t b = 0; b < B; ++b) {
+    if (!act[b]) continue;
+    std::fill(row.begin(), row.end(), 0.0);
+    for (int64_t c = 0; c < nchunks; ++c)
+      for (int64_t k = 0; k < nout; ++k) row[k] += partial[(b * nchunks + c) * nout + k];
+    double* Hb = Hp + b * m * m;
+    for (int64_t i = 0; i < n; ++i) { Hb[slot * m + i] = row[i]; Hb[i * m + slot] = row[i]; }
+    rp[b] = row[slot];
+    fp[b] = row[n];
+  }
+  return {res_sq, fz_sq};
+}
+
+std::tuple<at::Tensor, at::Tensor> anderson_solve_cpu(const at::Tensor& H, int64_t n, double lam, int64_t newest) {
+  TORCH_CHECK(H.dim() == 3 && H.size(1) == H.size(2) && H.scalar_type() == at::kDouble && H.is_contiguous(),
+              "H must be a contiguous (B, m, m) float64 tensor, got ", H.sizes(), " ", H.scalar_type());
+  const int64_t B = H.size(0), m = H.size(1);
+  TORCH_CHECK(1 <= n && n <= m && 0 <= newest && newest < n, "anderson_solve: need 1 <= n <= m and 0 <= newest < n, got n=",
+              n, " m=", m, " newest=", newest);
+  TORCH_CHECK(lam >= 0, "anderson_solve: lam must be >= 0, got ", lam);
+  auto alpha = at::empty({B, n}, H.options());
+  auto fallback = at::empty({B}, H.options().dtype(at::kBool));
+  const double* Hp = H.data_ptr<double>();
+  double* ap = alpha.data_ptr<double>();
+  bool* fb = fallback.data_ptr<bool>();
+  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<double> work((n + 1) * (n + 2));
+    for (int64_t b = b0; b < b1; ++b)
+      fb[b] = anderson_solve_one(Hp + b * m * m, (int)m, (int)n, lam, (int)newest, ap + b * n, work.data());
+  });
+  return {alpha, fallback};
+}
+
+template <typename scalar_t>
+void mix_kernel(at::Tensor& X, const at::Tensor& G, const double* ap, double beta, int64_t slot, int64_t n,
+                const bool* act, int64_t nchunks, int64_t B, int64_t d) {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* Xp = X.data_ptr<scalar_t>();
+    const scalar_t* Gp = G.data_ptr<scalar_t>();
+    at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
+      acc_t acc[kBlock];
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / nchunks, c = t % nchunks;
+        if (!act[b]) continue;
+        const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
+        for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
+          const int64_t len = std::min(j1, s0 + kBlock) - s0;
+          for (int64_t j = 0; j < len; ++j) acc[j] = acc_t(0);
+          for (int64_t i = 0; i < n; ++i) {
+            const acc_t ca = static_cast<acc_t>(ap[b * n + i]);
+            const acc_t cb = static_cast<acc_t>(ap[b * n + i] * beta);
+            const scalar_t* xi = Xp + (i * B + b) * d + s0;
+            const scalar_t* gi = Gp + (i * B + b) * d + s0;
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j)
+              acc[j] += ca * static_cast<acc_t>(xi[j]) + cb * static_cast<acc_t>(gi[j]);
+          }
+          scalar_t* out = Xp + (slot * B + b) * d + s0;  // all reads of this block are done
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) out[j] = static_cast<scalar_t>(acc[j]);
+        }
+      }
+    });
+}
+
+void anderson_mix_cpu(at::Tensor X, const at::Tensor& G, const at::Tensor& alpha, double beta, int64_t slot,
+                      int64_t n, const at::Tensor& active) {
+  check_history(X, "X", X);
+  check_history(G, "G", X);
+  const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
+  TORCH_CHECK(G.sizes() == X.sizes(), "G must have the shape of X ", X.sizes(), ", got ", G.sizes());
+  check_f64(alpha, "alpha", {B, n}, X);
+  check_active(active, B, X);
+  TORCH_CHECK(0 <= slot && slot < m && 1 <= n && n <= m, "anderson_mix: need 0 <= slot < m and 1 <= n <= m, got slot=",
+              slot, " n=", n, " m=", m);
+  const int64_t nchunks = (d + kChunk - 1) / kChunk;
+  const bool* act = active.data_ptr<bool>();
+  const double* ap = alpha.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_mix_cpu", [&] {
+    mix_kernel<scalar_t>(X, G, ap, beta, slot, n, act, nchunks, B, d);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ldeq, CPU, m) {
+  m.impl("anderson_update", &anderson_update_cpu);
+  m.impl("anderson_solve", &anderson_solve_cpu);
+  m.impl("anderson_mix", &anderson_mix_cpu);
+}
+
+}  // namespace ldeq

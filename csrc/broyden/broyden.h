@@ -1,0 +1,19 @@
+// Limited-memory Broyden kernels (ldeq.solvers.broyden). Shapes: B batch, d flattened state,
+// L memory (ring buffer of rank-one updates), n <= L columns in use. The inverse Jacobian of
+// g(z) = f(z) - z is approximated by J^-1 ~ -I + sum_i s_i u_i v_i^T with U, V laid out (L, B, d)
+// and the per-column scales s (L, B) kept by the caller (so u is stored unnormalised and the
+// normalisation, known only after a reduction, costs no extra pass).
+//
+//   broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, active) -> (B, 3n + 4) f64
+//       g_new = fz - z, and in the same pass a_i = <u_i, dx>, b_i = <v_i, g_new - g_old>,
+//       c_i = <v_i, g_new>, then <dx, g_new - g_old>, <dx, g_new>, ||g_new||^2, ||fz||^2.
+//   broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active)
+//       with coef (B, 3n + 1) f64 = [a | sb | sc | k]:
+//       V[slot] = -dx + sum_i a_i v_i               (= v^T = dx^T J^-1, the rmatvec)
+//       U[slot] = dx + dg - sum_i sb_i u_i          (= dx - J^-1 dg, the matvec, unnormalised)
+//       dx      = g_new - sum_i sc_i u_i - k U[slot] (= -J_new^-1 g_new, the next step)
+//       z_next  = z + dx
+//       one pass over the history; all reads of an element precede its writes (slot may be an
+//       old column being evicted from the ring).
+// Inactive samples are not read or written. Reductions accumulate in f64.
+#pragma once

@@ -1,0 +1,189 @@
+// CPU kernels of limited-memory Broyden; see broyden.h for the contract.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "broyden/broyden.h"
+#include "solver_common.h"
+
+namespace ldeq {
+namespace {
+
+void check_factors(const at::Tensor& U, const at::Tensor& V, const at::Tensor& like, int64_t n) {
+  check_history(U, "U", like);
+  check_history(V, "V", like);
+  TORCH_CHECK(U.sizes() == V.sizes(), "U and V must have the same shape, got ", U.sizes(), " and ", V.sizes());
+  TORCH_CHECK(U.size(1) == like.size(0) && U.size(2) == like.size(1), "U, V must have shape (L, B=", like.size(0),
+              ", d=", like.size(1), "), got ", U.sizes());
+  TORCH_CHECK(0 <= n && n <= U.size(0), "n must be in [0, L=", U.size(0), "], got ", n);
+}
+
+template <typename scalar_t>
+void pass1_kernel(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
+                  const at::Tensor& z, const at::Tensor& g_old, at::Tensor& g_new, int64_t n, const bool* act,
+                  double* partial_data, int64_t nchunks, int64_t nout, int64_t B, int64_t d) {
+    const scalar_t* Up = U.data_ptr<scalar_t>();
+    const scalar_t* Vp = V.data_ptr<scalar_t>();
+    at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
+      double gbuf[kBlock], dgbuf[kBlock], dxbuf[kBlock];
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / nchunks, c = t % nchunks;
+        if (!act[b]) continue;
+        double* out = partial_data + t * nout;
+        const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
+        const scalar_t* fzb = fz.data_ptr<scalar_t>() + b * d;
+        const scalar_t* zb = z.data_ptr<scalar_t>() + b * d;
+        const scalar_t* gob = g_old.data_ptr<scalar_t>() + b * d;
+        const scalar_t* dxb = dx.data_ptr<scalar_t>() + b * d;
+        scalar_t* gnb = g_new.data_ptr<scalar_t>() + b * d;
+        for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
+          const int64_t len = std::min(j1, s0 + kBlock) - s0;
+          double dxdg = 0, dxg = 0, gg = 0, ff = 0;
+#pragma omp simd reduction(+ : dxdg, dxg, gg, ff)
+          for (int64_t j = 0; j < len; ++j) {
+            const scalar_t gv = fzb[s0 + j] - zb[s0 + j];  // rounded to the state dtype, as stored
+            gnb[s0 + j] = gv;
+            const double g64 = static_cast<double>(gv), f64 = static_cast<double>(fzb[s0 + j]);
+            const double dg = g64 - static_cast<double>(gob[s0 + j]);
+            const double x64 = static_cast<double>(dxb[s0 + j]);
+            gbuf[j] = g64; dgbuf[j] = dg; dxbuf[j] = x64;
+            dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
+          }
+          out[3 * n] += dxdg; out[3 * n + 1] += dxg; out[3 * n + 2] += gg; out[3 * n + 3] += ff;
+          for (int64_t i = 0; i < n; ++i) {
+            const scalar_t* ui = Up + (i * B + b) * d + s0;
+            const scalar_t* vi = Vp + (i * B + b) * d + s0;
+            double a = 0, bb = 0, cc = 0;
+#pragma omp simd reduction(+ : a, bb, cc)
+            for (int64_t j = 0; j < len; ++j) {
+              const double u = static_cast<double>(ui[j]), v = static_cast<double>(vi[j]);
+              a += u * dxbuf[j]; bb += v * dgbuf[j]; cc += v * gbuf[j];
+            }
+            out[i] += a; out[n + i] += bb; out[2 * n + i] += cc;
+          }
+        }
+      }
+    });
+}
+
+at::Tensor broyden_pass1_cpu(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
+                             const at::Tensor& z, const at::Tensor& g_old, at::Tensor g_new, int64_t n,
+                             const at::Tensor& active) {
+  TORCH_CHECK(fz.dim() == 2, "fz must have shape (B, d), got ", fz.sizes());
+  const int64_t B = fz.size(0), d = fz.size(1);
+  check_state(fz, "fz", B, d, fz);
+  check_state(dx, "dx", B, d, fz);
+  check_state(z, "z", B, d, fz);
+  check_state(g_old, "g_old", B, d, fz);
+  check_state(g_new, "g_new", B, d, fz);
+  check_factors(U, V, fz, n);
+  check_active(active, B, fz);
+  const int64_t nchunks = (d + kChunk - 1) / kChunk;
+  const int64_t nout = 3 * n + 4;
+  std::vector<double> partial(B * nchunks * nout, 0.0);
+  const bool* act = active.data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fz.scalar_type(), "broyden_pass1_cpu", [&] {
+    pass1_kernel<scalar_t>(U, V, dx, fz, z, g_old, g_new, n, act, partial.data(), nchunks, nout, B, d);
+  });
+  at::Tensor res = at::zeros({B, nout}, fz.options().dtype(at::kDouble));
+  double* rp = res.data_ptr<double>();
+  for (int64_t b = 0; b < B; ++b) {
+    if (!act[b]) continue;
+    for (int64_t c = 0; c < nchunks; ++c)
+      for (int64_t k = 0; k < nout; ++k) rp[b * nout + k] += partial[(b * nchunks + c) * nout + k];
+  }
+  return res;
+}
+
+template <typename scalar_t>
+void pass2_kernel(at::Tensor& U, at::Tensor& V, at::Tensor& dx, const at::Tensor& z, at::Tensor& z_next,
+                  const at::Tensor& g_new, const at::Tensor& g_old, const double* cp, int64_t slot, int64_t n,
+                  const bool* act, int64_t nchunks, int64_t B, int64_t d) {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* Up = U.data_ptr<scalar_t>();
+    scalar_t* Vp = V.data_ptr<scalar_t>();
+    at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
+      acc_t vacc[kBlock], uacc[kBlock], pacc[kBlock];
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / nchunks, c = t % nchunks;
+        if (!act[b]) continue;
+        const double* cb = cp + b * (3 * n + 1);
+        const acc_t kn = static_cast<acc_t>(cb[3 * n]);
+        const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
+        scalar_t* dxb = dx.data_ptr<scalar_t>() + b * d;
+        const scalar_t* zb = z.data_ptr<scalar_t>() + b * d;
+        scalar_t* znb = z_next.data_ptr<scalar_t>() + b * d;
+        const scalar_t* gnb = g_new.data_ptr<scalar_t>() + b * d;
+        const scalar_t* gob = g_old.data_ptr<scalar_t>() + b * d;
+        for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
+          const int64_t len = std::min(j1, s0 + kBlock) - s0;
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) {
+            const acc_t x = static_cast<acc_t>(dxb[s0 + j]), gn = static_cast<acc_t>(gnb[s0 + j]);
+            vacc[j] = -x;
+            uacc[j] = x + (gn - static_cast<acc_t>(gob[s0 + j]));
+            pacc[j] = gn;
+          }
+          for (int64_t i = 0; i < n; ++i) {
+            const acc_t a = static_cast<acc_t>(cb[i]), sb = static_cast<acc_t>(cb[n + i]),
+                        sc = static_cast<acc_t>(cb[2 * n + i]);
+            const scalar_t* ui = Up + (i * B + b) * d + s0;
+            const scalar_t* vi = Vp + (i * B + b) * d + s0;
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j) {
+              const acc_t u = static_cast<acc_t>(ui[j]);
+              vacc[j] += a * static_cast<acc_t>(vi[j]);
+              uacc[j] -= sb * u;
+              pacc[j] -= sc * u;
+            }
+          }
+          // All reads of this block (including an evicted column at `slot`) are done.
+          scalar_t* uo = Up + (slot * B + b) * d + s0;
+          scalar_t* vo = Vp + (slot * B + b) * d + s0;
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) {
+            const scalar_t us = static_cast<scalar_t>(uacc[j]);
+            const acc_t upd = pacc[j] - kn * static_cast<acc_t>(us);
+            uo[j] = us;
+            vo[j] = static_cast<scalar_t>(vacc[j]);
+            dxb[s0 + j] = static_cast<scalar_t>(upd);
+            znb[s0 + j] = static_cast<scalar_t>(static_cast<acc_t>(zb[s0 + j]) + upd);
+          }
+        }
+      }
+    });
+}
+
+void broyden_pass2_cpu(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,
+                       const at::Tensor& g_new, const at::Tensor& g_old, const at::Tensor& coef, int64_t slot,
+                       int64_t n, const at::Tensor& active) {
+  TORCH_CHECK(z.dim() == 2, "z must have shape (B, d), got ", z.sizes());
+  const int64_t B = z.size(0), d = z.size(1);
+  check_state(z, "z", B, d, z);
+  check_state(dx, "dx", B, d, z);
+  check_state(z_next, "z_next", B, d, z);
+  check_state(g_new, "g_new", B, d, z);
+  check_state(g_old, "g_old", B, d, z);
+  check_factors(U, V, z, n);
+  TORCH_CHECK(0 <= slot && slot < U.size(0), "slot must be in [0, L=", U.size(0), "), got ", slot);
+  check_f64(coef, "coef", {B, 3 * n + 1}, z);
+  check_active(active, B, z);
+  const int64_t nchunks = (d + kChunk - 1) / kChunk;
+  const bool* act = active.data_ptr<bool>();
+  const double* cp = coef.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "broyden_pass2_cpu", [&] {
+    pass2_kernel<scalar_t>(U, V, dx, z, z_next, g_new, g_old, cp, slot, n, act, nchunks, B, d);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ldeq, CPU, m) {
+  m.impl("broyden_pass1", &broyden_pass1_cpu);
+  m.impl("broyden_pass2", &broyden_pass2_cpu);
+}
+
+}  // namespace ldeq

@@ -1,0 +1,236 @@
+"""Shared solver plumbing: option validation, checked calls of ``f``, per-sample stop logic.
+
+Every solver works on a flattened view ``(B, d)`` of the state (batch first, any trailing shape)
+and reports through :class:`_Tracker`, which owns the per-sample bookkeeping: residual traces,
+the lowest residual and *where* the lowest-residual iterate lives (a solver buffer slot, copied
+out lazily only when that slot is about to be overwritten), the active mask and the safeguard
+flags.
+"""
+import inspect
+import math
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+from ._stats import SolverStats
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Evaluate f on the compacted active subset (when the caller gives ``f_subset``) once at most
+# this fraction of the batch is still iterating; above it the gather/scatter is not worth it.
+SUBSET_FRACTION = 0.5
+
+
+def reject_unknown(fn: Callable, unknown: dict) -> None:
+    """Raise a TypeError naming each unknown option and listing the valid ones.
+
+    TorchDEQ silently swallows misspelled options (``**kwargs``); we refuse them.
+    """
+    if not unknown:
+        return
+    params = inspect.signature(fn).parameters
+    valid = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY]
+    bad = ", ".join(repr(k) for k in sorted(unknown))
+    raise TypeError(f"{fn.__name__}() got unknown option(s) {bad}; valid options are: "
+                    + ", ".join(valid))
+
+
+def check_common(z0, max_iter, tol, stop_mode, eps) -> None:
+    """Validate the options every solver shares; messages name the argument and what is expected."""
+    if not torch.is_tensor(z0):
+        raise TypeError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
+    if z0.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"z0 must have a floating dtype (float16/bfloat16/float32/float64), got {z0.dtype}")
+    if z0.dim() < 1 or z0.shape[0] == 0 or z0.numel() == 0:
+        raise ValueError(f"z0 must be batch-first with at least one sample and one element, got shape "
+                         f"{tuple(z0.shape)}")
+    if not bool(torch.isfinite(z0).all()):
+        bad = (~torch.isfinite(z0.reshape(z0.shape[0], -1))).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"z0 contains NaN or Inf (samples {bad[:10]}); the initial state must be finite")
+    check_int("max_iter", max_iter, 1)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0 (0 = never stop early, run max_iter "
+                         f"iterations), got {tol!r}")
+    if stop_mode not in ("abs", "rel"):
+        raise ValueError(f"stop_mode must be 'abs' or 'rel', got {stop_mode!r}")
+    if not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a number > 0, got {eps!r}")
+
+
+def check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_float(name: str, value, lo: float, hi: float = math.inf, lo_open=False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}]"
+        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
+    return float(value)
+
+
+def resolve_damping(name: str, beta, tau):
+    """``tau`` is TorchDEQ's name for the damping ``beta``; accept either, not both."""
+    if tau is not None:
+        if beta is not None:
+            raise TypeError(f"{name}(): give the damping as beta or tau (TorchDEQ's name), not both")
+        beta = tau
+    return check_float("beta", 1.0 if beta is None else beta, 0.0, 1.0, lo_open=True)
+
+
+def check_trajectory(trajectory, max_iter) -> tuple:
+    if trajectory is None:
+        return ()
+    its = tuple(trajectory)
+    for it in its:
+        if isinstance(it, bool) or not isinstance(it, int) or not 1 <= it <= max_iter:
+            raise ValueError(f"trajectory entries must be iteration numbers in [1, max_iter={max_iter}], "
+                             f"got {it!r}")
+    return its
+
+
+class FEval:
+    """Calls ``f`` on a ``(B, d)`` state and checks what comes back.
+
+    ``f`` sees the caller's shape. ``f_subset(z_sub, index)`` (optional) is ``f`` restricted to the
+    samples ``index``; it lets the solver stop paying for converged samples once few are active.
+    """
+
+    def __init__(self, f, f_subset, z0: torch.Tensor):
+        if not callable(f):
+            raise TypeError(f"f must be callable, got {type(f).__name__}")
+        if f_subset is not None and not callable(f_subset):
+            raise TypeError(f"f_subset must be callable (z_subset, index) -> f(z)[index], got "
+                            f"{type(f_subset).__name__}")
+        self.f, self.f_subset = f, f_subset
+        self.shape, self.dtype, self.device = z0.shape, z0.dtype, z0.device
+        self.B = z0.shape[0]
+        self.d = z0.numel() // self.B
+        self.calls = 0
+
+    def _check(self, out, name, shape):
+        if not torch.is_tensor(out):
+            raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}")
+        if out.shape != shape:
+            raise ValueError(f"{name} must return the shape of its input {tuple(shape)}, got "
+                             f"{tuple(out.shape)}")
+        if out.dtype != self.dtype:
+            raise TypeError(f"{name} must return the dtype of z0 ({self.dtype}), got {out.dtype}")
+        if out.device != self.device:
+            raise ValueError(f"{name} must return a tensor on {self.device}, got {out.device}")
+
+    def __call__(self, z: torch.Tensor, active: torch.Tensor, n_active: int) -> torch.Tensor:
+        """f(z) as (B, d). Rows of inactive samples are unspecified (the solver ignores them)."""
+        self.calls += 1
+        if self.f_subset is not None and n_active <= SUBSET_FRACTION * self.B:
+            idx = active.nonzero().flatten()
+            sub_shape = (idx.numel(),) + tuple(self.shape[1:])
+            out = self.f_subset(z.index_select(0, idx).view(sub_shape), idx)
+            self._check(out, "f_subset", torch.Size(sub_shape))
+            # A fresh buffer: fixed_point keeps the result as its next iterate. Rows of inactive
+            # samples are zeros, which the solvers never read.
+            full = torch.zeros(self.B, self.d, dtype=self.dtype, device=self.device)
+            full.index_copy_(0, idx, out.reshape(idx.numel(), self.d))
+            return full
+        out = self.f(z.view(self.shape))
+        self._check(out, "f", self.shape)
+        return out.reshape(self.B, self.d)
+
+
+class _Tracker:
+    """Per-sample residual bookkeeping shared by all solvers.
+
+    Iteration ``k`` (0-based) is the k-th evaluation of f; its residual belongs to the iterate
+    ``z_k`` that f was evaluated at. A sample stops (``active`` False) once its residual in the
+    stop mode is <= tol, or when f gave it a NaN/Inf (then ``safeguard`` is set and the lowest
+    finite iterate is kept). ``best_key`` says in which solver buffer a sample's lowest-residual
+    iterate still lives (-1: already copied to ``z_best``).
+    """
+
+    def __init__(self, z0_flat: torch.Tensor, max_iter: int, tol: float, stop_mode: str, eps: float,
+                 trajectory: Sequence[int], solver: str):
+        B, dev = z0_flat.shape[0], z0_flat.device
+        self.B, self.tol, self.stop_mode, self.eps, self.solver = B, tol, stop_mode, eps, solver
+        self.z_best = z0_flat.clone()
+        self.best_key = torch.full((B,), -1, dtype=torch.long, device=dev)
+        self.bufs: Dict[int, torch.Tensor] = {}
+        f64 = dict(dtype=torch.float64, device=dev)
+        self.abs_trace = torch.zeros(B, max_iter, **f64)
+        self.rel_trace = torch.zeros(B, max_iter, **f64)
+        self.abs_lowest = torch.full((B,), math.inf, **f64)
+        self.rel_lowest = torch.full((B,), math.inf, **f64)
+        self.nstep = torch.zeros(B, dtype=torch.long, device=dev)
+        self.active = torch.ones(B, dtype=torch.bool, device=dev)
+        self.converged = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.safeguard = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.n_active = B
+        self.iters = 0
+        self.traj_at = set(trajectory)
+        self.trajectory: Dict[int, torch.Tensor] = {}
+
+    def record(self, k: int, abs_res: torch.Tensor, fz_norm: torch.Tensor, key: int, buf: torch.Tensor):
+        """Record iteration k: residual ||f(z)-z|| and ||f(z)|| (B,) of the iterate held in buf (B, d)."""
+        act = self.active
+        abs_res = abs_res.to(torch.float64)
+        rel_res = abs_res / (fz_norm.to(torch.float64) + self.eps)
+        finite = torch.isfinite(abs_res) & torch.isfinite(rel_res)
+        res = rel_res if self.stop_mode == "rel" else abs_res
+        prev_a = self.abs_trace[:, k - 1] if k > 0 else torch.full_like(abs_res, math.inf)
+        prev_r = self.rel_trace[:, k - 1] if k > 0 else torch.full_like(rel_res, math.inf)
+        # A stopped sample's trace repeats its last value (its iterate no longer changes).
+        self.abs_trace[:, k] = torch.where(act, abs_res, prev_a)
+        self.rel_trace[:, k] = torch.where(act, rel_res, prev_r)
+        best = self.rel_lowest if self.stop_mode == "rel" else self.abs_lowest
+        improved = act & finite & (res < best)
+        self.abs_lowest = torch.where(improved, abs_res, self.abs_lowest)
+        self.rel_lowest = torch.where(improved, rel_res, self.rel_lowest)
+        if key in self.bufs and self.bufs[key] is not buf:
+            self.evict(key)  # buf replaces an older tensor under the same key (fixed_point)
+        self.best_key = torch.where(improved, torch.full_like(self.best_key, key), self.best_key)
+        self.bufs[key] = buf
+        self.nstep += act.long()
+        bad = act & ~finite
+        self.safeguard |= bad
+        done = act & finite & (res <= self.tol)
+        self.converged |= done
+        self.active = act & ~done & ~bad
+        self.n_active = int(self.active.sum())  # the one host sync per iteration
+        self.iters = k + 1
+        if (k + 1) in self.traj_at:
+            self.trajectory[k + 1] = self.best().view_as(self.z_best)
+
+    def flag(self, mask: torch.Tensor) -> None:
+        """A safeguard (regularised solve, dropped update, ...) fired for these (active) samples."""
+        self.safeguard |= mask & self.active
+
+    def evict(self, key: int) -> None:
+        """Buffer ``key`` is about to be overwritten: copy out the lowest iterates that live there."""
+        if key not in self.bufs:
+            return
+        here = self.best_key == key
+        if bool(here.any()):
+            self.z_best = torch.where(here[:, None], self.bufs[key], self.z_best)
+            self.best_key = torch.where(here, torch.full_like(self.best_key, -1), self.best_key)
+        del self.bufs[key]
+
+    def best(self) -> torch.Tensor:
+        """(B, d) lowest-residual iterate of each sample (a new tensor)."""
+        out = self.z_best.clone()
+        for key, buf in self.bufs.items():
+            here = self.best_key == key
+            if bool(here.any()):
+                out = torch.where(here[:, None], buf, out)
+        return out
+
+    def finish(self, shape) -> tuple:
+        z = self.best().view(shape)
+        T = max(self.iters, 1)
+        best = self.rel_lowest if self.stop_mode == "rel" else self.abs_lowest
+        stats = SolverStats(
+            nstep=self.nstep, abs_lowest=self.abs_lowest, rel_lowest=self.rel_lowest,
+            abs_trace=self.abs_trace[:, :T].clone(), rel_trace=self.rel_trace[:, :T].clone(),
+            converged=self.converged | (best <= self.tol), safeguard=self.safeguard,
+            trajectory={k: v.view(shape) for k, v in self.trajectory.items()},
+            solver=self.solver, stop_mode=self.stop_mode)
+        return z, stats

@@ -1,0 +1,97 @@
+"""Python entry points of the fused solver kernels (``torch.ops.ldeq.anderson_*``/``broyden_*``).
+
+Each wrapper dispatches to the compiled kernel for the tensor's device when ``ldeq._C`` has one and
+to the pure-PyTorch reference (:mod:`._reference`) otherwise; ``use_reference=True`` forces the
+reference (the tests compare the two). Fake (meta) kernels are registered so the ops trace under
+``torch.compile``. See csrc/anderson/anderson.h and csrc/broyden/broyden.h for the contracts.
+"""
+import torch
+
+from . import _reference as ref
+
+try:  # ldeq.solvers must not import the landmark model; ldeq._ext is the light extension loader
+    from ldeq._ext import has_kernel, warn_fallback
+except ImportError:  # pragma: no cover - solvers used without the ldeq package
+    def has_kernel(op, device_type):
+        return False
+
+    def warn_fallback(op, device_type):
+        return None
+
+
+def _compiled(op: str, t: torch.Tensor, use_reference: bool) -> bool:
+    if use_reference:
+        return False
+    if has_kernel(op, t.device.type):
+        return True
+    warn_fallback(op, t.device.type)
+    return False
+
+
+def anderson_update(X, G, fz, H, slot, n, active, use_reference=False):
+    """G[slot] = fz - X[slot] and one new row of the Gram matrix H; returns (||g||^2, ||fz||^2) (B,) f64."""
+    if _compiled("anderson_update", X, use_reference):
+        return torch.ops.ldeq.anderson_update(X, G, fz.contiguous(), H, slot, n, active)
+    return ref.anderson_update(X, G, fz, H, slot, n, active)
+
+
+def anderson_solve(H, n, lam, newest, use_reference=False):
+    """Mixing coefficients alpha (B, n) f64 of the bordered Anderson system and a fallback flag (B,)."""
+    if _compiled("anderson_solve", H, use_reference):
+        return torch.ops.ldeq.anderson_solve(H, n, float(lam), newest)
+    return ref.bordered_solve(H, n, float(lam), newest)
+
+
+def anderson_mix(X, G, alpha, beta, slot, n, active, use_reference=False):
+    """X[slot] = sum_i alpha_i (X[i] + beta G[i]) for the active samples, in one pass."""
+    if _compiled("anderson_mix", X, use_reference):
+        return torch.ops.ldeq.anderson_mix(X, G, alpha, float(beta), slot, n, active)
+    return ref.anderson_mix(X, G, alpha, float(beta), slot, n, active)
+
+
+def broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, active, use_reference=False):
+    """g_new = fz - z and the (B, 3n + 4) f64 dot products of the rank-one update."""
+    if _compiled("broyden_pass1", fz, use_reference):
+        return torch.ops.ldeq.broyden_pass1(U, V, dx, fz.contiguous(), z, g_old, g_new, n, active)
+    return ref.broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, active)
+
+
+def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, use_reference=False):
+    """Writes the new factor pair at ``slot``, the next step dx and z_next = z + dx."""
+    if _compiled("broyden_pass2", z, use_reference):
+        return torch.ops.ldeq.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active)
+    return ref.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active)
+
+
+def _register_fakes():
+    if not hasattr(torch.ops, "ldeq") or not hasattr(torch.ops.ldeq, "anderson_update"):
+        return
+    lib = torch.library
+
+    @lib.register_fake("ldeq::anderson_update")
+    def _(X, G, fz, H, slot, n, active):
+        B = X.shape[1]
+        return X.new_empty(B, dtype=torch.float64), X.new_empty(B, dtype=torch.float64)
+
+    @lib.register_fake("ldeq::anderson_solve")
+    def _(H, n, lam, newest):
+        return H.new_empty(H.shape[0], n), H.new_empty(H.shape[0], dtype=torch.bool)
+
+    @lib.register_fake("ldeq::anderson_mix")
+    def _(X, G, alpha, beta, slot, n, active):
+        return None
+
+    @lib.register_fake("ldeq::broyden_pass1")
+    def _(U, V, dx, fz, z, g_old, g_new, n, active):
+        return fz.new_empty(fz.shape[0], 3 * n + 4, dtype=torch.float64)
+
+    @lib.register_fake("ldeq::broyden_pass2")
+    def _(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active):
+        return None
+
+
+try:
+    import ldeq._ext  # noqa: F401  (loads the extension so the schemas exist)
+    _register_fakes()
+except (ImportError, RuntimeError):  # pragma: no cover - no extension, or fakes already registered
+    pass

@@ -1,0 +1,81 @@
+"""Limited-memory ("good") Broyden's method with fused low-rank updates (csrc/broyden)."""
+import torch
+
+from . import _kernels as K
+from ._common import FEval, _Tracker, check_common, check_int, check_trajectory, reject_unknown
+from .anderson import check_backend
+
+
+@torch.no_grad()
+def broyden(f, z0, *, max_iter=50, tol=1e-3, stop_mode="rel", memory=None, eps=1e-9, f_subset=None,
+            trajectory=None, backend="auto", **unknown):
+    """Solve g(z) = f(z) - z = 0 by Broyden's method without line search (the DEQ / TorchDEQ variant).
+
+    The inverse Jacobian of g is kept as J^-1 ~ -I + sum_i s_i u_i v_i^T (identity start, so the
+    first step is plain fixed-point iteration z_1 = f(z_0)); each step z <- z - J^-1 g(z) is
+    followed by the rank-one update of J^-1 from (dz, dg). With ``memory`` = L the updates live in
+    a ring buffer of L columns and the oldest is dropped (TorchDEQ's ``LBFGS_thres``). Two fused
+    passes per iteration: dot products (+ the residual), then the update and next step together.
+
+    Args:
+        f, z0, max_iter, tol, stop_mode, eps, f_subset, trajectory, backend: as in :func:`anderson`.
+        memory: number of rank-one updates kept (>= 1); None keeps them all (max_iter - 1).
+
+    Returns:
+        (z_star, stats): the lowest-residual iterate per sample and a :class:`SolverStats`.
+        A degenerate update (<v, dg> = 0 or not finite) is skipped and flagged in stats.safeguard.
+    """
+    reject_unknown(broyden, unknown)
+    check_common(z0, max_iter, tol, stop_mode, eps)
+    if memory is not None:
+        check_int("memory", memory, 1)
+    its = check_trajectory(trajectory, max_iter)
+    use_ref = check_backend(backend)
+    feval = FEval(f, f_subset, z0)
+    B, d = feval.B, feval.d
+    L = min(max_iter if memory is None else memory, max(1, max_iter - 1))
+    z = z0.detach().reshape(B, d)
+    Z = [z.clone(), z.clone()]  # ping-pong iterates; stale rows of frozen samples stay finite
+    tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "broyden")
+    f64 = torch.float64
+
+    fz = feval(Z[0], tr.active, tr.n_active)
+    g_old = fz - Z[0]
+    tr.record(0, torch.linalg.vector_norm(g_old, dim=1, dtype=f64),
+              torch.linalg.vector_norm(fz, dim=1, dtype=f64), 0, Z[0])
+    if tr.n_active == 0 or max_iter == 1:
+        return tr.finish(z0.shape)
+    dx = g_old.clone()  # first step: -J0^-1 g = g
+    tr.evict(1)
+    Z[1] = torch.where(tr.active[:, None], Z[0] + dx, Z[1])
+    U, V = z.new_empty(L, B, d), z.new_empty(L, B, d)
+    S = torch.zeros(L, B, dtype=f64, device=z.device)  # per-column scales s_i = 1 / <v_i, dg_i>
+    g_new = torch.empty_like(g_old)
+    cur, n, nupd = 1, 0, 0
+    for k in range(1, max_iter):
+        fz = feval(Z[cur], tr.active, tr.n_active)
+        dots = K.broyden_pass1(U, V, dx, fz, Z[cur], g_old, g_new, n, tr.active, use_reference=use_ref)
+        tr.record(k, dots[:, 3 * n + 2].sqrt(), dots[:, 3 * n + 3].sqrt(), cur, Z[cur])
+        if tr.n_active == 0 or k == max_iter - 1:
+            break
+        a, b, c = dots[:, :n], dots[:, n:2 * n], dots[:, 2 * n:3 * n]
+        slot = nupd % L
+        vdg = -dots[:, 3 * n] + (a * b).sum(1)  # <v_new, dg>, v_new = -dx + V a, from dots only
+        vg = -dots[:, 3 * n + 1] + (a * c).sum(1)  # <v_new, g_new>
+        ok = torch.isfinite(vdg) & (vdg != 0) & torch.isfinite(vg)
+        tr.flag(~ok)
+        s_new = torch.where(ok, 1.0 / torch.where(ok, vdg, torch.ones_like(vdg)), torch.zeros_like(vdg))
+        s_old = S[:n].t()
+        sc = s_old * c
+        if n == L:
+            sc[:, slot] = 0.0  # the evicted column no longer belongs to J^-1 for the next step
+        coef = torch.cat([a, s_old * b, sc, (s_new * torch.where(ok, vg, torch.zeros_like(vg)))[:, None]],
+                         1).contiguous()
+        tr.evict(1 - cur)
+        K.broyden_pass2(U, V, dx, Z[cur], Z[1 - cur], g_new, g_old, coef, slot, n, tr.active,
+                        use_reference=use_ref)
+        S[slot] = torch.where(tr.active, s_new, S[slot])
+        n, nupd = min(n + 1, L), nupd + 1
+        g_old, g_new = g_new, g_old
+        cur = 1 - cur
+    return tr.finish(z0.shape)
