@@ -127,6 +127,10 @@ def test_export_round_trip(tmp_path):
         if flags[:, k].sum():
             assert len(WFLWCropped(tmp_path, name)) == flags[:, k].sum()
     assert len(WFLWCropped(tmp_path, "train")) == 3
+    idx = src.split_indices()  # in-memory subsets agree with the exported lists
+    assert idx["test"].tolist() == list(range(12))
+    for name, k in (("test_largepose", 0), ("test_occlusion", 4), ("test_blur", 5)):
+        assert idx[name].tolist() == np.flatnonzero(flags[:, k]).tolist()
 
 
 def test_augment_and_cache():

@@ -517,6 +517,19 @@ class SyntheticFaces(Dataset):
     def params(self, index: int) -> FaceParams:
         return random_face_params(np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index]))
 
+    def attributes(self) -> np.ndarray:
+        """``(N, 6)`` WFLW-style flags of every sample (from the parameters, nothing is rendered)."""
+        return np.stack([face_attributes(self.params(i)) for i in range(self.n)])
+
+    def split_indices(self) -> dict:
+        """``{'test': all indices, 'test_largepose': ..., ...}``: the WFLW test subsets by attribute."""
+        from .wflw import TEST_SUBSETS
+
+        flags = self.attributes()
+        out = {"test": np.arange(self.n)}
+        out.update({name: np.flatnonzero(flags[:, k]) for name, k in TEST_SUBSETS.items()})
+        return out
+
     def render(self, index: int):
         """``(uint8 image (S, S, 3), landmarks (98, 2) pixels)`` of sample ``index`` (no augmentation)."""
         if self._cache is not None and index in self._cache:
