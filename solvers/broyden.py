@@ -58,14 +58,15 @@ def broyden(f, z0, *, max_iter=50, tol=1e-3, stop_mode="rel", memory=None, eps=1
         tr.record(k, dots[:, 3 * n + 2].sqrt(), dots[:, 3 * n + 3].sqrt(), cur, Z[cur])
         if tr.n_active == 0 or k == max_iter - 1:
             break
-        a, b, c = dots[:, :n], dots[:, n:2 * n], dots[:, 2 * n:3 * n]
+        s_old = S[:n].t()  # (B, n)
+        # u_i is stored unnormalised: <s_i u_i, dx> is the coefficient of v_i in the rmatvec.
+        a, b, c = s_old * dots[:, :n], dots[:, n:2 * n], dots[:, 2 * n:3 * n]
         slot = nupd % L
         vdg = -dots[:, 3 * n] + (a * b).sum(1)  # <v_new, dg>, v_new = -dx + V a, from dots only
         vg = -dots[:, 3 * n + 1] + (a * c).sum(1)  # <v_new, g_new>
         ok = torch.isfinite(vdg) & (vdg != 0) & torch.isfinite(vg)
         tr.flag(~ok)
         s_new = torch.where(ok, 1.0 / torch.where(ok, vdg, torch.ones_like(vdg)), torch.zeros_like(vdg))
-        s_old = S[:n].t()
         sc = s_old * c
         if n == L:
             sc[:, slot] = 0.0  # the evicted column no longer belongs to J^-1 for the next step
