@@ -68,6 +68,12 @@ def test_cropped_format_errors_name_file_and_line(tmp_path):
     lst.write_text(good + good.replace("a.png", "missing.png"))
     with pytest.raises(FileNotFoundError, match=r"test\.txt:2: image 'missing\.png' not found"):
         WFLWCropped(tmp_path, "test")
+    lst.write_text(good + good.replace("0.000000", "nan", 1))
+    with pytest.raises(WFLWFormatError, match=r"test\.txt:2: landmark coordinates: NaN or inf"):
+        WFLWCropped(tmp_path, "test")
+    lst.write_bytes(b"\xff\xfe\x00garbage\x80\x81")
+    with pytest.raises(WFLWFormatError, match=r"test\.txt: not a text file"):
+        WFLWCropped(tmp_path, "test")
     lst.write_text("\n")
     with pytest.raises(WFLWFormatError, match="empty"):
         WFLWCropped(tmp_path, "test")
