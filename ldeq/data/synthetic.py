@@ -556,6 +556,7 @@ def export_wflw_cropped(root, n_train: int = 200, n_test: int = 100, seed: int =
 
     Creates ``train.txt``/``train/``, ``test.txt``/``test/`` and the six ``test_<attribute>.txt``
     lists (their lines point at the images in ``test/``, chosen by :func:`face_attributes`).
+    Files are written atomically and ``test.txt`` last, so its presence marks a complete export.
     Images are PNG (lossless). Returns ``{split: number of images}``.
     """
     from tqdm import tqdm
@@ -583,10 +584,12 @@ def export_wflw_cropped(root, n_train: int = 200, n_test: int = 100, seed: int =
                 for sub, k in TEST_SUBSETS.items():
                     if flags[k]:
                         subsets[sub].append((f"test/{name}", lm / out_size))
+        if split == "test":
+            for sub, sub_entries in subsets.items():
+                if sub_entries:  # an empty list file would not be a valid split
+                    write_cropped_list(os.path.join(root, f"{sub}.txt"), sub_entries)
+                counts[sub] = len(sub_entries)
+        # test.txt is written last, so its presence means a complete export.
         write_cropped_list(os.path.join(root, f"{split}.txt"), entries)
         counts[split] = n
-    for sub, entries in subsets.items():
-        if entries:  # an empty list file would not be a valid split
-            write_cropped_list(os.path.join(root, f"{sub}.txt"), entries)
-        counts[sub] = len(entries)
     return counts
