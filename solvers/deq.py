@@ -110,7 +110,7 @@ def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
         solver: Union[str, Callable] = "anderson", max_iter: int = 30, tol: float = 1e-3,
         stop_mode: str = "rel", solver_kwargs: Optional[dict] = None,
         grad: str = "ift", b_solver: Union[str, Callable, None] = None, b_max_iter: Optional[int] = None,
-        b_tol: float = 1e-6, b_stop_mode: str = "abs", b_solver_kwargs: Optional[dict] = None,
+        b_tol: float = 1e-4, b_stop_mode: str = "rel", b_solver_kwargs: Optional[dict] = None,
         on_backward_fail: str = "warn", phantom_steps: int = 5, phantom_tau: float = 0.5,
         stochastic_max_iter: bool = False, generator: Optional[torch.Generator] = None,
         extra_step: bool = True, state_iters: Sequence[int] = (), jac_reg_samples: int = 0,
@@ -125,7 +125,8 @@ def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
     grad:       'ift' (implicit), 'jfb' (one tracked step) or 'phantom' (phantom_steps damped
                 steps with phantom_tau). Gradients are attached only when autograd is enabled.
     b_solver, b_max_iter, b_tol, b_stop_mode, b_solver_kwargs: the 'ift' backward solve
-                g = J^T g + grad (defaults: the forward solver and max_iter).
+                g = J^T g + grad (defaults: the forward solver and max_iter; a relative
+                tolerance, because the gradient's scale is arbitrary, e.g. under a GradScaler).
     on_backward_fail: 'raise' | 'warn' | 'zero' (see implicit.ON_FAIL_MODES); failures are
                 always recorded in ``stats.backward``.
     stochastic_max_iter: when attaching a gradient, use max_iter ~ uniform{1..max_iter}

@@ -53,8 +53,8 @@ class BackwardConfig:
     """
     solver: Callable
     max_iter: int = 30
-    tol: float = 1e-6
-    stop_mode: str = "abs"
+    tol: float = 1e-4
+    stop_mode: str = "rel"
     solver_kwargs: dict = field(default_factory=dict)
     on_fail: str = "warn"
 
