@@ -240,11 +240,13 @@ def test_metrics_writer_truncates_on_resume(tmp_path):
     w.close()
     w = MetricsWriter(str(tmp_path), truncate_after=3)
     w.write({"step": 4, "loss": 9.0})
+    w.write({"step": 4, "test_nme": 3.0})
     w.close()
     rows = read_metrics(str(tmp_path / "metrics.jsonl"))
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["loss"] == 9.0
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 4] and rows[-2]["loss"] == 9.0
     csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert csv_lines[0] == "step,loss" and len(csv_lines) == 5
+    assert csv_lines[0] == "step,loss" and len(csv_lines) == 5 and csv_lines[-1] == "4,9.0"
+    assert (tmp_path / "eval.csv").read_text().splitlines() == ["step,test_nme", "4,3.0"]
     # a fresh (non-resumed) run starts empty
     MetricsWriter(str(tmp_path)).close()
     assert read_metrics(str(tmp_path / "metrics.jsonl")) == []

@@ -10,25 +10,30 @@ from typing import Dict, List, Optional
 
 
 class MetricsWriter:
-    """Appends rows to ``metrics.jsonl`` and ``metrics.csv`` in ``out_dir``.
+    """Appends rows to ``metrics.jsonl`` (everything) and to CSV files: training rows (those with a
+    'loss') to ``metrics.csv``, evaluation rows to ``eval.csv``.
 
     ``truncate_after`` (the resumed step) drops rows logged after the checkpoint, so a resumed run's
-    files hold one uninterrupted history. CSV columns are fixed by the first row; later keys that
-    were not in it only go to the JSONL file.
+    files hold one uninterrupted history. A CSV's columns are fixed by its first row.
     """
 
     def __init__(self, out_dir: str, truncate_after: Optional[int] = None, tensorboard: bool = True):
         os.makedirs(out_dir, exist_ok=True)
         self.jsonl_path = os.path.join(out_dir, "metrics.jsonl")
-        self.csv_path = os.path.join(out_dir, "metrics.csv")
+        self.csv_paths = {"train": os.path.join(out_dir, "metrics.csv"), "eval": os.path.join(out_dir, "eval.csv")}
+        self.csv_path = self.csv_paths["train"]
         rows = read_metrics(self.jsonl_path) if os.path.exists(self.jsonl_path) else []
         if truncate_after is None:
             rows = []
         else:
             rows = [r for r in rows if r.get("step", -1) <= truncate_after]
-        self._columns: Optional[List[str]] = None
+        self._columns: Dict[str, Optional[List[str]]] = {}
         self._rewrite(rows)
         self._tb = _tensorboard(out_dir) if tensorboard else None
+
+    @staticmethod
+    def _kind(row: dict) -> str:
+        return "train" if "loss" in row else "eval"
 
     def _rewrite(self, rows: List[dict]) -> None:
         # Rewritten through temp files: a kill here leaves the old files intact.
@@ -37,23 +42,26 @@ class MetricsWriter:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
         os.replace(tmp, self.jsonl_path)
-        self._columns = list(rows[0].keys()) if rows else None
-        tmp = self.csv_path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            if rows:
-                w = csv.DictWriter(f, fieldnames=self._columns, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-        os.replace(tmp, self.csv_path)
+        for kind, path in self.csv_paths.items():
+            mine = [r for r in rows if self._kind(r) == kind]
+            self._columns[kind] = list(mine[0].keys()) if mine else None
+            tmp = path + ".tmp"
+            with open(tmp, "w", newline="") as f:
+                if mine:
+                    w = csv.DictWriter(f, fieldnames=self._columns[kind], extrasaction="ignore")
+                    w.writeheader()
+                    w.writerows(mine)
+            os.replace(tmp, path)
 
     def write(self, row: Dict[str, float]) -> None:
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        new_file = self._columns is None
+        kind = self._kind(row)
+        new_file = self._columns.get(kind) is None
         if new_file:
-            self._columns = list(row.keys())
-        with open(self.csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self._columns, extrasaction="ignore")
+            self._columns[kind] = list(row.keys())
+        with open(self.csv_paths[kind], "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self._columns[kind], extrasaction="ignore")
             if new_file:
                 w.writeheader()
             w.writerow(row)

@@ -27,19 +27,22 @@ def nme_torch(pred: torch.Tensor, gt: torch.Tensor, iod: Tuple[int, int]) -> tor
 
 @dataclass
 class StepOutput:
-    """keypoints (B, K, 2); nstep/residual: mean solver iterations and lowest residual (floats, NaN
-    for a non-DEQ model); reg: () Jacobian regulariser value (0 when off)."""
+    """keypoints (B, K, 2); reg: () Jacobian regulariser (0 when off); nstep/residual: mean solver
+    iterations and lowest residual (NaN for a non-DEQ model); backward: the implicit backward
+    solve's record (filled in by backward; None for jfb/phantom/non-DEQ)."""
     keypoints: torch.Tensor
     reg: torch.Tensor
     nstep: float = float("nan")
     residual: float = float("nan")
+    backward: Optional[object] = None
 
 
 class TrainStep(nn.Module):
-    """The training forward of an LDEQ: x = backbone(images); z* = solve(f(., x)) without grad;
-    z = f(z*) tracked, with the gradient of ``solver.grad`` ('ift' implicit, 'jfb', 'phantom');
-    keypoints = decode(z); optional Hutchinson estimate of ||df/dz||_F^2 at z* (``solver.jac_reg``).
-    For a model without a ``deq_layer`` (the toy) it simply calls the model."""
+    """The training forward of an LDEQ, through the model's own forward: x = backbone(images);
+    z* = solve(f(., x)) without grad; z = f(z*) tracked, with the gradient of ``solver.grad``
+    ('ift' implicit, 'jfb', 'phantom'); keypoints = decode(z); optional Hutchinson estimate of
+    ||df/dz||_F^2 at z* (``solver.jac_reg``), per state element. A model without a ``deq_layer``
+    (the toy) is simply called."""
 
     def __init__(self, model: nn.Module, cfg: Config):
         super().__init__()
@@ -47,42 +50,24 @@ class TrainStep(nn.Module):
         self.scfg = cfg.solver
         self.is_deq = hasattr(model, "deq_layer")
 
+    def deq_kwargs(self) -> Dict[str, object]:
+        s = self.scfg
+        return dict(b_max_iter=s.backward_max_iter, b_tol=s.backward_tol, phantom_steps=s.phantom_steps,
+                    phantom_tau=s.phantom_damping, jac_reg_samples=1 if s.jac_reg > 0 else 0,
+                    # keep the lowest-residual backward iterate when b_tol is not reached (the
+                    # trainer logs the failure rate instead of warning every step)
+                    on_backward_fail="warn", subset_args=True)
+
     def forward(self, images: torch.Tensor, max_iter: int) -> StepOutput:
         if not self.is_deq:
             out = self.model(images)
             return StepOutput(out.keypoints, images.new_zeros(()))
-        from ldeq.model.solve import solve
-        s, m = self.scfg, self.model
-        x = m.injection(images)
-        f = lambda z: m.cell(z, x)  # noqa: E731
-        kw = {}
-        if s.name == "anderson":
-            kw = dict(m=m.cfg.anderson_m, lam=m.cfg.anderson_lam, beta=m.cfg.anderson_beta)
-        z_star, stats = solve(f, m.zeros_z0(x.shape[0], x), solver=s.name, max_iter=int(max_iter),
-                              tol=s.tol, stop_mode=s.stop_mode, **kw)
-        z, reg = _tracked_step(f, z_star.detach(), s, m)
-        _, kp, _ = m.decode(z)
-        return StepOutput(kp, reg, float(stats.nstep.float().mean()), float(stats.lowest.mean()))
-
-
-def _tracked_step(f, z_star, s, m):
-    """One tracked application of f at z* with the chosen gradient; plus the Jacobian term."""
-    from ldeq.solvers.implicit import BackwardConfig, ift_grad, jfb_grad, phantom_grad
-    from ldeq.solvers.regularization import jacobian_frobenius, tracked_apply
-    reg = z_star.new_zeros(())
-    if s.grad == "ift":
-        from ldeq.model.solve import get_solver
-        bcfg = BackwardConfig(solver=get_solver(s.name), max_iter=s.backward_max_iter, tol=s.backward_tol,
-                              stop_mode="abs", on_fail="zero")
-        z, z_req, fz = ift_grad(f, z_star, bcfg)
-        if s.jac_reg > 0:
-            reg = jacobian_frobenius(fz, z_req, normalize=True).mean()
-        return z, reg
-    z = jfb_grad(f, z_star) if s.grad == "jfb" else phantom_grad(f, z_star, s.phantom_steps, s.phantom_damping)
-    if s.jac_reg > 0:
-        z_req, fz = tracked_apply(f, z_star)
-        reg = jacobian_frobenius(fz, z_req, normalize=True).mean()
-    return z, reg
+        out = self.model(images, max_iters=int(max_iter), grad_mode=self.scfg.grad, deq_kwargs=self.deq_kwargs())
+        st = out.stats
+        jac = getattr(st, "jac_loss", None)
+        reg = jac.mean() / out.z_star[0].numel() if jac is not None else images.new_zeros(())
+        bwd = getattr(st, "backward", None) if self.scfg.grad == "ift" else None
+        return StepOutput(out.keypoints, reg, float(st.nstep.float().mean()), float(st.lowest.float().mean()), bwd)
 
 
 class Task:
