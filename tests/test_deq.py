@@ -181,3 +181,63 @@ def test_regulariser_bad_input():
         jacobian_frobenius(fz, z_req, distribution="uniform")
     with pytest.raises(ValueError, match="n_iter"):
         spectral_radius(fz, z_req, n_iter=0)
+
+
+# ---- with the library's solvers ----------------------------------------------------------------
+
+def _lib(name):
+    from ldeq.solvers import get_solver
+    return get_solver(name)
+
+
+@pytest.mark.parametrize("which", ["recorder", "trajectory"])
+def test_states_from_recorder_and_from_solver_trajectory_agree(which):
+    """ref_fpi has no ``trajectory`` option (deq records f's inputs); ldeq's fixed_point returns the
+    lowest-residual iterate after k iterations, which for a contraction is the same iterate."""
+    W, x, f = _cell()
+    solver = ref_fpi if which == "recorder" else _lib("fixed_point")
+    z0 = torch.zeros(3, 5, dtype=DT)
+    z, stats = deq(f, z0, solver=solver, max_iter=6, tol=0.0, grad="jfb", state_iters=[3, 5])
+    iters = [z0]
+    for _ in range(6):
+        iters.append(f(iters[-1]).detach())
+    for s, i in zip(stats.states[:2], (3, 5)):
+        torch.testing.assert_close(s.detach(), iters[i], atol=1e-14, rtol=0)
+    assert stats.states[-1] is z
+
+
+def test_subset_args_evaluates_only_unconverged_samples():
+    W, _, _ = _cell()
+    # different injections: the samples converge after different numbers of iterations
+    x = torch.tensor([[0.0] * 5, [3.0] * 5, [-2.0, 1.0, 0.5, 2.0, -1.0]], dtype=DT)
+    sizes = []
+
+    def f(z, xx):
+        sizes.append(z.shape[0])
+        return torch.tanh(z @ W.T + xx)
+    z0 = torch.zeros(3, 5, dtype=DT)
+    with torch.no_grad():
+        ref, st_ref = deq(f, z0, args=(x,), solver="anderson", max_iter=60, tol=1e-10, extra_step=False)
+        sizes.clear()
+        out, st = deq(f, z0, args=(x,), solver="anderson", max_iter=60, tol=1e-10, extra_step=False,
+                      subset_args=True)
+    assert min(sizes) < 3  # the solver called f on the unconverged samples only
+    assert st.converged.all() and st_ref.converged.all()
+    torch.testing.assert_close(out, ref, atol=1e-9, rtol=0)
+    with pytest.raises(ValueError, match="subset_args=True needs every arg"):
+        deq(f, z0, args=(x[:2],), solver="anderson", subset_args=True)
+
+
+@pytest.mark.parametrize("name", ["anderson", "broyden", "fixed_point"])
+def test_library_solvers_under_autocast(name):
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 16)
+    with torch.no_grad():
+        lin.weight.mul_(0.5 / torch.linalg.matrix_norm(lin.weight, 2))
+    x = torch.randn(4, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, stats = deq(lambda z, xx: torch.tanh(lin(z) + xx), torch.zeros(4, 16), args=(x,), solver=name,
+                       max_iter=40, tol=1e-2, b_max_iter=40, b_tol=1e-2)
+    assert z.dtype == torch.float32 and stats.converged.all()
+    z.sum().backward()
+    assert stats.backward.ok and torch.isfinite(lin.weight.grad).all() and lin.weight.grad.dtype == torch.float32
