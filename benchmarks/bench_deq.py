@@ -5,7 +5,8 @@ Memory (each point in a fresh process; peak RSS from /proc/self/status VmHWM, re
 /proc/self/clear_refs just before the step; glibc's mmap threshold is pinned so freed large
 blocks go back to the OS and RSS follows live memory):
     python benchmarks/bench_deq.py memory --ks 1 5 10 20
-Time (one process, torch.utils.benchmark, our layer and TorchDEQ interleaved on the same inputs):
+Time (one process, our layer and TorchDEQ interleaved in rounds on the same inputs, median wall
+and process-CPU time per step; CPU time is less disturbed by other processes on a shared machine):
     python benchmarks/bench_deq.py time
 pytest-benchmark entry points (small sizes): pytest benchmarks/bench_deq.py --benchmark-only
 """
@@ -168,36 +169,84 @@ def torchdeq_step(layer, cell, x, z0):
     zs[-1].pow(2).mean().backward()
 
 
+class PointwiseCell(nn.Module):
+    """A cheap cell on a large state: z -> tanh(0.5 * conv1x1(z) + x). Per-channel mixing only, so
+    the solver's own work (Anderson history, mixing, residual norms) is a large part of a step."""
+
+    def __init__(self, C=98):
+        super().__init__()
+        self.mix = nn.Conv2d(C, C, 1)
+        with torch.no_grad():
+            self.mix.weight.mul_(0.5 / torch.linalg.matrix_norm(self.mix.weight[:, :, 0, 0], 2))
+
+    def forward(self, z, x):
+        return torch.tanh(self.mix(z) + x)
+
+
+def make_time_problem(cell_name, B, C, H, seed=0):
+    if cell_name == "conv":
+        return make_problem(B, C, H, seed)
+    torch.manual_seed(seed)
+    return PointwiseCell(C), torch.randn(B, C, H, H), torch.zeros(B, C, H, H)
+
+
+def _measure(fn, reps):
+    """(wall seconds, process CPU seconds) per call, median over ``reps`` calls."""
+    walls, cpus = [], []
+    for _ in range(reps):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return sorted(walls)[reps // 2], sorted(cpus)[reps // 2]
+
+
 def run_time(args):
-    import torch.utils.benchmark as tb
+    from tqdm import tqdm
     torch.set_num_threads(args.threads)
     rows = []
-    for B, C, H in args.sizes:
-        cell, x, z0 = make_problem(B, C, H)
+    for cell_name, (B, C, H) in [(c, s) for c in args.cells for s in args.sizes[c]]:
+        cell, x, z0 = make_time_problem(cell_name, B, C, H)
         layer = torchdeq_layer(args.k)
         layer.train()
-        # f alone, for reference: how much of a step is the cell itself
-        g = dict(cell=cell, x=x, z0=z0, k=args.k, ldeq_step=ldeq_step, torchdeq_step=torchdeq_step,
-                 layer=layer, torch=torch)
-        t_f = tb.Timer("with torch.no_grad(): cell(z0, x)", globals=g, num_threads=args.threads)
-        t_ours = tb.Timer("cell.zero_grad(); ldeq_step(cell, x, z0, k)", globals=g, num_threads=args.threads)
-        t_ref = tb.Timer("cell.zero_grad(); torchdeq_step(layer, cell, x, z0)", globals=g,
-                         num_threads=args.threads)
-        res = {"f": [], "ldeq": [], "torchdeq": []}
-        for _ in range(args.rounds):  # interleave so load from other processes hits both alike
-            res["ldeq"].append(t_ours.blocked_autorange(min_run_time=args.min_time).median)
-            res["torchdeq"].append(t_ref.blocked_autorange(min_run_time=args.min_time).median)
-            res["f"].append(t_f.blocked_autorange(min_run_time=0.2).median)
-        med = {n: sorted(v)[len(v) // 2] for n, v in res.items()}
-        rows.append(dict(B=B, C=C, H=H, k=args.k, f_ms=med["f"] * 1e3, ldeq_ms=med["ldeq"] * 1e3,
-                         torchdeq_ms=med["torchdeq"] * 1e3, speedup=med["torchdeq"] / med["ldeq"]))
+
+        def ours():
+            cell.zero_grad()
+            ldeq_step(cell, x, z0, args.k)
+
+        def theirs():
+            cell.zero_grad()
+            torchdeq_step(layer, cell, x, z0)
+
+        def f_only():
+            with torch.no_grad():
+                cell(z0, x)
+        for fn in (ours, theirs, f_only):  # warm-up (allocator, oneDNN primitives)
+            fn()
+        res = {"ldeq": [], "torchdeq": [], "f": []}
+        # Rounds interleave the two layers so that load from other processes hits both alike.
+        for _ in tqdm(range(args.rounds), desc=f"{cell_name} {B}x{C}x{H}x{H}"):
+            res["ldeq"].append(_measure(ours, args.reps))
+            res["torchdeq"].append(_measure(theirs, args.reps))
+            res["f"].append(_measure(f_only, 3))
+        med = {n: (sorted(w for w, _ in v)[len(v) // 2], sorted(c for _, c in v)[len(v) // 2])
+               for n, v in res.items()}
+        rows.append(dict(cell=cell_name, B=B, C=C, H=H, k=args.k,
+                         f_ms=med["f"][0] * 1e3, ldeq_ms=med["ldeq"][0] * 1e3, torchdeq_ms=med["torchdeq"][0] * 1e3,
+                         ldeq_cpu_ms=med["ldeq"][1] * 1e3, torchdeq_cpu_ms=med["torchdeq"][1] * 1e3,
+                         speedup_wall=med["torchdeq"][0] / med["ldeq"][0],
+                         speedup_cpu=med["torchdeq"][1] / med["ldeq"][1],
+                         rounds_ratio=[t[0] / o[0] for o, t in zip(res["ldeq"], res["torchdeq"])]))
         print(rows[-1], flush=True)
-    _atomic_write(args.json, json.dumps(dict(threads=args.threads, rows=rows), indent=1).encode())
-    print("| state (B,C,H,W) | iters fwd/bwd | f alone (ms) | ldeq step (ms) | torchdeq step (ms) | speed-up |")
-    print("|---|---|---|---|---|---|")
+    _atomic_write(args.json, json.dumps(dict(threads=args.threads, load=os.getloadavg(), rows=rows),
+                                        indent=1).encode())
+    print("| cell | state (B,C,H,W) | iters fwd/bwd | f alone (ms) | ldeq step wall / CPU (ms) "
+          "| torchdeq step wall / CPU (ms) | speed-up wall / CPU |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['B']}x{r['C']}x{r['H']}x{r['H']} | {r['k']}/{r['k']} | {r['f_ms']:.2f} | {r['ldeq_ms']:.1f} "
-              f"| {r['torchdeq_ms']:.1f} | {r['speedup']:.2f}x |")
+        print(f"| {r['cell']} | {r['B']}x{r['C']}x{r['H']}x{r['H']} | {r['k']}/{r['k']} | {r['f_ms']:.1f} "
+              f"| {r['ldeq_ms']:.0f} / {r['ldeq_cpu_ms']:.0f} | {r['torchdeq_ms']:.0f} / {r['torchdeq_cpu_ms']:.0f} "
+              f"| {r['speedup_wall']:.2f}x / {r['speedup_cpu']:.2f}x |")
 
 
 # ---- pytest-benchmark entry points (small; `pytest benchmarks/bench_deq.py --benchmark-only`) --
@@ -238,13 +287,18 @@ def main(argv=None):
     m.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "deq_memory.png"))
     t = sub.add_parser("time")
     t.add_argument("--k", type=int, default=20)
-    t.add_argument("--sizes", type=lambda s: tuple(map(int, s.split("x"))), nargs="+",
-                   default=[(8, 32, 64), (32, 98, 64)], help="BxCxH per case")
+    t.add_argument("--cells", nargs="+", default=["conv", "pointwise"], choices=["conv", "pointwise"])
+    t.add_argument("--conv-sizes", type=lambda s: tuple(map(int, s.split("x"))), nargs="+",
+                   default=[(4, 32, 64)], help="BxCxH cases for the conv cell")
+    t.add_argument("--pointwise-sizes", type=lambda s: tuple(map(int, s.split("x"))), nargs="+",
+                   default=[(8, 98, 64)], help="BxCxH cases for the pointwise cell")
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--rounds", type=int, default=3)
-    t.add_argument("--min-time", type=float, default=2.0)
+    t.add_argument("--rounds", type=int, default=5)
+    t.add_argument("--reps", type=int, default=1)
     t.add_argument("--json", default=os.path.join(HERE, "results", "deq_time.json"))
     a = p.parse_args(argv)
+    if a.cmd == "time":
+        a.sizes = {"conv": a.conv_sizes, "pointwise": a.pointwise_sizes}
     return run_memory(a) if a.cmd == "memory" else run_time(a)
 
 

@@ -119,7 +119,8 @@ class _IFTBackward(torch.autograd.Function):
             (jt_g,) = torch.autograd.grad(fz, z_req, g, retain_graph=True, allow_unused=True)
             return grad if jt_g is None else jt_g + grad
 
-        g0 = torch.zeros_like(grad)
+        # Start from grad, not 0: the first evaluation at g = 0 would spend a VJP to return grad.
+        g0 = grad.clone()
         with torch.no_grad():
             g, stats = cfg.solver(vjp_plus_grad, g0, max_iter=int(cfg.max_iter), tol=float(cfg.tol),
                                   stop_mode=cfg.stop_mode, **cfg.solver_kwargs)
