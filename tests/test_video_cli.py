@@ -107,3 +107,17 @@ def test_synth_and_eval_commands(env, tmp_path, capsys):
     assert all(np.isfinite(r["nme"]) and np.isfinite(r["nmf"]) for r in res["hard"])
     assert "| off+kalman |" in (out / "table.md").read_text()
     assert main(["eval", str(root), "--checkpoint", str(env / "tiny.pt"), "--modes", "off,turbo"]) == 2
+
+
+def test_haar_detector_without_face_is_a_clear_error(env, tmp_path, capsys):
+    write_video(str(tmp_path / "blank.mp4"), [np.full((96, 128, 3), 90, np.uint8)] * 3, 30)
+    rc = main([str(tmp_path / "blank.mp4"), "--detector", "haar", "--checkpoint", str(env / "tiny.pt"),
+               "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 2
+    assert "no face in any of 3 frames" in capsys.readouterr().err
+
+
+def test_top_level_cli_dispatches_video(env, tmp_path):
+    from ldeq.cli import main as ldeq_main
+    assert ldeq_main(["video", "synth", str(tmp_path / "r"), "--n-videos", "1", "--frames", "3"]) == 0
+    assert (tmp_path / "r" / "splits" / "hard_video_IDs.txt").read_text().split() == ["synth_hard_000"]
