@@ -197,6 +197,13 @@ def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
             return out.to(zs.dtype)
         skw["f_subset"] = f_subset
 
+    cfg = None
+    if grad == "ift" and track:  # validated before the (expensive) forward solve
+        cfg = BackwardConfig(solver=_resolve_solver(b_solver if b_solver is not None else solver, "b_solver"),
+                             max_iter=b_max_iter if b_max_iter is not None else max_iter, tol=b_tol,
+                             stop_mode=b_stop_mode, solver_kwargs=dict(b_solver_kwargs or {}),
+                             on_fail=on_backward_fail)
+
     with torch.no_grad(), (torch.autocast(amp, enabled=False) if amp else contextlib.nullcontext()):
         z_star, fstats = fwd_solver(f_run, z0.detach(), max_iter=used_iter, tol=tol, stop_mode=stop_mode, **skw)
     f_track = _autocast_wrap(f_user, z0.device.type)[0]  # without the recorder
@@ -208,6 +215,9 @@ def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
     if not track:
         with torch.no_grad():
             out = f_track(z_star).to(z0.dtype) if extra_step else z_star
+        if sradius_iters > 0:  # monitoring works at inference too
+            stats.sradius = spectral_radius(*_tracked_step(f_track, z_star, True)[::-1], sradius_iters,
+                                            generator=generator)
         return out, stats
 
     stats.grad = grad
@@ -219,10 +229,6 @@ def deq(f: Callable, z0: torch.Tensor, *, args: Sequence = (),
 
     z_req = fz = None
     if grad == "ift":
-        cfg = BackwardConfig(solver=_resolve_solver(b_solver if b_solver is not None else solver, "b_solver"),
-                             max_iter=b_max_iter if b_max_iter is not None else max_iter, tol=b_tol,
-                             stop_mode=b_stop_mode, solver_kwargs=dict(b_solver_kwargs or {}),
-                             on_fail=on_backward_fail)
         with (torch.autocast(amp, enabled=False) if amp else contextlib.nullcontext()):
             out, z_req, fz = ift_grad(f_track, z_star, cfg, stats.backward)
     elif grad == "jfb":

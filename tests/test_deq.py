@@ -117,6 +117,18 @@ def test_stats_jac_loss_and_sradius_present():
     assert stats.sradius.shape == (3,) and (stats.sradius < 0.6 + 1e-9).all()
     (z.sum() + stats.jac_loss.sum()).backward()
     assert torch.isfinite(W.grad).all()
+    with torch.no_grad():  # the monitor also works at inference
+        _, st = deq(f, torch.zeros(3, 5, dtype=DT), solver=ref_fpi, max_iter=100, tol=1e-12, sradius_iters=50)
+    # ||J^T v|| / ||v|| <= ||J||_2 <= ||D||_2 ||W||_2 <= 0.6 (tanh' <= 1), and > 0
+    assert st.sradius.shape == (3,) and ((st.sradius > 0) & (st.sradius < 0.6 + 1e-9)).all()
+
+
+def test_backward_options_checked_before_the_forward_solve():
+    W, x, f = _cell()
+    spy = BudgetSpy()
+    with pytest.raises(ValueError, match="b_stop_mode"):
+        deq(f, torch.zeros(3, 5, dtype=DT), solver=spy, b_stop_mode="max")
+    assert spy.budgets == []
 
 
 # ---- regularisers ------------------------------------------------------------------------------
