@@ -19,7 +19,7 @@ KEYS = os.path.join(FIX, "official_ldeq_state_dict_keys.txt")
 
 # Tiny widths keep each test well under a second on 2 CPU cores.
 TINY = dict(injection_width=8, cell_base_width=4, cell_width_increment=2, heatmap_size=16, image_size=64,
-            n_keypoints=5, solver="fixed_point", max_iters=3)
+            n_keypoints=5, solver="fpi", max_iters=3)
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +243,24 @@ def test_ift_gradient_matches_dense_implicit_function_theorem():
     torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
     jfb, = torch.autograd.grad(f(zs), bias, dLdz)
     assert (jfb - want).abs().max() > 1e-6  # the check can tell IFT from one-step JFB
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden", "fixed_point", "fpi"])
+def test_every_solver_reaches_the_fixed_point_of_a_contractive_cell(solver):
+    torch.manual_seed(0)
+    m = LDEQ(LDEQConfig(**{**TINY, "n_keypoints": 1, "cell_softargmax_beta": 0.02, "max_iters": 100,
+                           "tol": 1e-9, "solver": solver})).double().eval()
+    x = images(B=2)
+    with torch.no_grad():
+        inj = m.injection(x)
+        out = m(x, extra_final_step=False)
+        res = (m.cell(out.z_star, inj) - out.z_star).flatten(1).norm(dim=1) / m.cell(out.z_star, inj).flatten(1).norm(dim=1)
+    assert float(res.max()) < 1e-8
+    if solver == "fpi":  # the official iteration stops on the batch-mean residual
+        assert float(out.stats.rel_trace[:, -1].mean()) < 1e-9
+    else:  # ldeq.solvers stop each sample on its own residual
+        assert bool(out.stats.converged.all())
+    assert out.stats.nstep.shape == (2,) and int(out.stats.nstep.max()) <= 100
 
 
 def _solve_like_model(m, inj, n):

@@ -78,11 +78,12 @@ class DEQLayer(nn.Module):
             return self._explicit(lambda z: self.cell(z, x), z0, save_trajectory)
         cfg = self.cfg
         skw = dict(m=cfg.anderson_m, lam=cfg.anderson_lam, beta=cfg.anderson_beta) if solver == "anderson" else {}
-        if save_trajectory:
-            skw["save_iters"] = list(range(1, max_iters + 1))
+        stochastic = self.training and cfg.stochastic_max_iters
+        if save_trajectory and not stochastic:  # solver iterates at every iteration (best so far)
+            skw["trajectory"] = list(range(1, max_iters + 1))
         z, stats = run_deq(self.cell, z0, x, solver=solver, max_iter=max_iters, tol=tol, stop_mode=stop_mode,
                            solver_kwargs=skw, grad=grad_mode, extra_step=extra_final_step,
-                           stochastic_max_iter=self.training and cfg.stochastic_max_iters, **(deq_kwargs or {}))
+                           stochastic_max_iter=stochastic, **(deq_kwargs or {}))
         traj = getattr(stats, "trajectory", None) or {}
         return z, stats, [traj[k] for k in sorted(traj)]
 

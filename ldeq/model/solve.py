@@ -1,6 +1,6 @@
 """The fixed-point machinery the LDEQ needs, behind one small interface.
 
-``run_deq(f, z0, ...)`` finds z* = f(z*) with ``ldeq.solvers.deq`` (solve without autograd, then
+``run_deq(f, z0, x, ...)`` finds z* = f(z*) with ``ldeq.solvers.deq`` (solve without autograd, then
 an extra step carrying the chosen gradient: 'ift', 'jfb' or 'phantom') and returns
 ``(z, stats)``. ``residuals`` / ``stats_from_traces`` describe the unrolled explicit mode with
 the same SolverStats record.
@@ -9,19 +9,8 @@ from typing import Callable, Optional
 
 import torch
 
-try:  # model-agnostic package in top-level solvers/, installed as ldeq.solvers
-    from ldeq.solvers._stats import SolverStats
-    from ldeq.solvers.deq import GRAD_MODES, deq as _deq
-except ImportError:  # TEMPORARY: until ldeq.solvers is importable, a local fixed-point loop
-    import importlib.util as _ilu
-    import os as _os
-    _spec = _ilu.spec_from_file_location(
-        "_ldeq_solver_stats", _os.path.join(_os.path.dirname(__file__), "..", "..", "solvers", "_stats.py"))
-    _mod = _ilu.module_from_spec(_spec)
-    _spec.loader.exec_module(_mod)
-    SolverStats = _mod.SolverStats
-    GRAD_MODES = ("ift", "jfb", "phantom")
-    _deq = None
+from ldeq.solvers import SolverStats
+from ldeq.solvers.deq import GRAD_MODES, deq
 
 REL_EPS = 1e-5  # ||f(z) - z|| / (||f(z)|| + 1e-5), as in the official solvers
 
@@ -44,22 +33,29 @@ def stats_from_traces(abs_trace, rel_trace, tol, stop_mode, solver):
                        solver=solver, stop_mode=stop_mode)
 
 
-def _local_deq(f, z0, *, args=(), max_iter, tol, stop_mode="rel", extra_step=True, grad="jfb", **_):
-    """TEMPORARY stand-in for ldeq.solvers.deq: plain iteration, then a JFB extra step."""
-    at, rt = [], []
-    with torch.no_grad():
-        z = z0
-        for _ in range(max_iter):
-            fz = f(z, *args)
-            a, r = residuals(fz, z)
-            at.append(a)
-            rt.append(r)
-            z = fz
-            if float((r if stop_mode == "rel" else a).mean()) < tol:
-                break
-    if torch.is_grad_enabled() or extra_step:
-        z = f(z.detach(), *args)
-    return z, stats_from_traces(at, rt, tol, stop_mode, "fixed_point")
+@torch.no_grad()
+def official_fpi(f, z0, *, max_iter, tol, stop_mode="rel", trajectory=None):
+    """The official release's ``fpi``: z <- f(z) up to ``max_iter`` times, stopping when the
+    *batch-mean* residual ||f(z) - z|| (rel: / (||f(z)|| + 1e-5)) is below tol, and returning the
+    *last* f output (ldeq.solvers' fixed_point returns each sample's lowest-residual iterate
+    instead; the two differ when the iteration has not converged, e.g. the official fixture).
+    Same contract as ldeq.solvers: ``-> (z, SolverStats)``; ``trajectory``: iterations to keep.
+    """
+    keep = set(trajectory or ())
+    z, at, rt, traj = z0, [], [], {}
+    for k in range(1, max_iter + 1):
+        fz = f(z)
+        a, r = residuals(fz, z)
+        at.append(a)
+        rt.append(r)
+        z = fz
+        if k in keep:
+            traj[k] = z.clone()
+        if float((r if stop_mode == "rel" else a).mean()) < tol:
+            break
+    stats = stats_from_traces(at, rt, tol, stop_mode, "fpi")
+    stats.trajectory = traj
+    return z, stats
 
 
 def run_deq(f: Callable, z0: torch.Tensor, x: torch.Tensor, *, solver: str, max_iter: int, tol: float,
@@ -71,7 +67,8 @@ def run_deq(f: Callable, z0: torch.Tensor, x: torch.Tensor, *, solver: str, max_
     tracked step from z* whose backward follows ``grad``; ``deq_kwargs`` go to ldeq.solvers.deq
     (backward solver settings, phantom steps, Jacobian regularisation, ...).
     """
-    impl = _deq if _deq is not None else _local_deq
-    return impl(f, z0, args=(x,), solver=solver, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
+    # 'fpi' is the official fixed-point iteration (last iterate, batch-mean stop); every other
+    # name ('fixed_point', 'anderson', 'broyden') is an ldeq.solvers solver
+    return deq(f, z0, args=(x,), solver=official_fpi if solver == "fpi" else solver, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
                 solver_kwargs=solver_kwargs, grad=grad, stochastic_max_iter=stochastic_max_iter,
                 extra_step=extra_step, **deq_kwargs)
