@@ -250,7 +250,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{section}.{key} must be >= 1, got {getattr(getattr(cfg, section), key)}")
     non_negative = [("train", "eval_every"), ("train", "ckpt_every"), ("train", "keep_ckpts"),
                     ("train", "threads"), ("optim", "warmup_steps"), ("optim", "grad_clip"),
-                    ("optim", "weight_decay"), ("solver", "jac_reg"), ("solver", "tol"),
+                    ("optim", "weight_decay"), ("solver", "jac_reg"),
                     ("data", "num_workers")]
     for section, key in non_negative:
         if getattr(getattr(cfg, section), key) < 0:
@@ -261,6 +261,9 @@ def validate(cfg: Config) -> Config:
     if cfg.model.image_size % 64:
         raise ConfigError(f"model.image_size must be a multiple of 64 (heatmaps are image_size/4 and the "
                           f"hourglass halves them 4 times), got {cfg.model.image_size}")
+    for key in ("tol", "backward_tol"):
+        if not getattr(cfg.solver, key) > 0:
+            raise ConfigError(f"solver.{key} must be > 0, got {getattr(cfg.solver, key)}")
     if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:

@@ -288,15 +288,16 @@ def _train(cfg, out_dir, resume, stop_after, hooks, progress, ctx, t_start):
 
 
 def export_model(path: str, task, model: nn.Module, ema: Optional[EMA], cfg: Config) -> str:
-    """The final (EMA) weights in the official checkpoint format ``{'args': Namespace,
-    'state_dict': ...}`` so ``ldeq eval`` / the video pipeline load it like a released model;
-    'train_config' records how it was trained."""
-    sd = ({k: v.detach().cpu().clone() for k, v in ema.shadow.items()} if ema is not None
-          else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-    obj = {"state_dict": sd, "train_config": cfg.to_dict()}
-    if hasattr(task, "ldeq_config"):
-        obj["args"] = task.ldeq_config().to_namespace()
-    ckpt.atomic_torch_save(obj, path)
+    """The final weights (EMA when enabled) as a model checkpoint: for an LDEQ,
+    :func:`ldeq.model.checkpoint.save_checkpoint`'s format (the official ``{'args', 'state_dict'}``
+    plus our config; loads with ``ldeq.model.checkpoint.load_checkpoint``, ``ldeq eval`` and the
+    video pipeline), with the training config under ``extra['train_config']``."""
+    with (ema.applied(model) if ema is not None else nullcontext()):
+        if hasattr(model, "deq_layer"):
+            from ldeq.model.checkpoint import save_checkpoint
+            return save_checkpoint(model, path, extra={"train_config": cfg.to_dict()})
+        sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    ckpt.atomic_torch_save({"state_dict": sd, "extra": {"train_config": cfg.to_dict()}}, path)
     return path
 
 
