@@ -8,6 +8,14 @@ namespace ldeq {
 // Elements per CPU task and per cache block: a task is one chunk of one sample (so B=1 still
 // uses every core); inside it, blocks of kBlock elements keep the history rows' slices in L1.
 constexpr int64_t kChunk = 32768;
+// The extension is built without -march flags (portable wheels); the hot per-task loops are
+// compiled for AVX-512, AVX2 and baseline and picked at load time (GCC/Clang function
+// multiversioning), so the memory-bound passes are not limited by 128-bit SSE2 arithmetic.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__CUDACC__) && !defined(__APPLE__)
+#define LDEQ_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LDEQ_MULTIVERSION
+#endif
 constexpr int64_t kBlock = 512;
 
 inline void check_state(const at::Tensor& t, const char* name, int64_t B, int64_t d,

@@ -135,7 +135,7 @@ class FEval:
             return full
         out = self.f(z.view(self.shape))
         self._check(out, "f", self.shape)
-        return out.reshape(self.B, self.d)
+        return out.reshape(self.B, self.d).contiguous()
 
 
 class _Tracker:
@@ -143,7 +143,7 @@ class _Tracker:
 
     Iteration ``k`` (0-based) is the k-th evaluation of f; its residual belongs to the iterate
     ``z_k`` that f was evaluated at. A sample stops (``active`` False) once its residual in the
-    stop mode is <= tol, or when f gave it a NaN/Inf (then ``safeguard`` is set and the lowest
+    stop mode is < tol, or when f gave it a NaN/Inf (then ``safeguard`` is set and the lowest
     finite iterate is kept). ``best_key`` says in which solver buffer a sample's lowest-residual
     iterate still lives (-1: already copied to ``z_best``).
     """
@@ -192,7 +192,7 @@ class _Tracker:
         self.nstep += act.long()
         bad = act & ~finite
         self.safeguard |= bad
-        done = act & finite & (res <= self.tol)
+        done = act & finite & (res < self.tol)  # strict, as TorchDEQ: tol=0 runs every iteration
         self.converged |= done
         self.active = act & ~done & ~bad
         self.n_active = int(self.active.sum())  # the one host sync per iteration

@@ -51,7 +51,7 @@ def anderson(f, z0, *, m=6, lam=1e-4, beta=None, tau=None, max_iter=50, tol=1e-3
     use_ref = check_backend(backend)
     feval = FEval(f, f_subset, z0)
     B, d = feval.B, feval.d
-    z = z0.detach().reshape(B, d)
+    z = z0.detach().reshape(B, d).contiguous()
     X = z.new_empty(m, B, d)
     G = z.new_empty(m, B, d)
     H = torch.zeros(B, m, m, dtype=torch.float64, device=z.device)

@@ -34,7 +34,7 @@ def broyden(f, z0, *, max_iter=50, tol=1e-3, stop_mode="rel", memory=None, eps=1
     feval = FEval(f, f_subset, z0)
     B, d = feval.B, feval.d
     L = min(max_iter if memory is None else memory, max(1, max_iter - 1))
-    z = z0.detach().reshape(B, d)
+    z = z0.detach().reshape(B, d).contiguous()
     Z = [z.clone(), z.clone()]  # ping-pong iterates; stale rows of frozen samples stay finite
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "broyden")
     f64 = torch.float64

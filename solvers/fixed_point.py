@@ -19,7 +19,7 @@ def fixed_point(f, z0, *, beta=None, tau=None, max_iter=50, tol=1e-3, stop_mode=
     its = check_trajectory(trajectory, max_iter)
     feval = FEval(f, f_subset, z0)
     B, d = feval.B, feval.d
-    z = z0.detach().reshape(B, d).clone()
+    z = z0.detach().reshape(B, d).clone(memory_format=torch.contiguous_format)
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "fixed_point")
     f64 = torch.float64
     for k in range(max_iter):

@@ -13,42 +13,46 @@
 namespace ldeq {
 namespace {
 
+// Task bodies: one chunk [j0, j1) of one sample, multiversioned (see solver_common.h).
+template <typename scalar_t>
+LDEQ_MULTIVERSION void update_task(const scalar_t* x, scalar_t* g, const scalar_t* fzb, const scalar_t* Gb,
+                                   int64_t stride, int64_t n, int64_t j0, int64_t j1, double* out) {
+  for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
+    const int64_t s1 = std::min(j1, s0 + kBlock);
+    double fsq = 0.0;
+#pragma omp simd reduction(+ : fsq)
+    for (int64_t j = s0; j < s1; ++j) {
+      const scalar_t gv = fzb[j] - x[j];  // rounded to the state dtype, as stored
+      g[j] = gv;
+      const double fv = static_cast<double>(fzb[j]);
+      fsq += fv * fv;
+    }
+    out[n] += fsq;
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* gi = Gb + i * stride;
+      double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = s0; j < s1; ++j) acc += static_cast<double>(g[j]) * static_cast<double>(gi[j]);
+      out[i] += acc;
+    }
+  }
+}
+
 template <typename scalar_t>
 void update_kernel(at::Tensor& X, at::Tensor& G, const at::Tensor& fz, int64_t slot, int64_t n, const bool* act,
                    double* partial_data, int64_t nchunks, int64_t nout, int64_t B, int64_t d) {
-    scalar_t* Xp = X.data_ptr<scalar_t>();
-    scalar_t* Gp = G.data_ptr<scalar_t>();
-    const scalar_t* Fp = fz.data_ptr<scalar_t>();
-    at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / nchunks, c = t % nchunks;
-        if (!act[b]) continue;
-        double* out = partial_data + t * nout;
-        const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
-        const scalar_t* x = Xp + (slot * B + b) * d;
-        scalar_t* g = Gp + (slot * B + b) * d;
-        const scalar_t* fzb = Fp + b * d;
-        for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
-          const int64_t s1 = std::min(j1, s0 + kBlock);
-          double fsq = 0.0;
-#pragma omp simd reduction(+ : fsq)
-          for (int64_t j = s0; j < s1; ++j) {
-            const scalar_t gv = fzb[j] - x[j];  // rounded to the state dtype, as stored
-            g[j] = gv;
-            const double fv = static_cast<double>(fzb[j]);
-            fsq += fv * fv;
-          }
-          out[n] += fsq;
-          for (int64_t i = 0; i < n; ++i) {
-            const scalar_t* gi = Gp + (i * B + b) * d;
-            double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t j = s0; j < s1; ++j) acc += static_cast<double>(g[j]) * static_cast<double>(gi[j]);
-            out[i] += acc;
-          }
-        }
-      }
-    });
+  const scalar_t* Xp = X.data_ptr<scalar_t>();
+  scalar_t* Gp = G.data_ptr<scalar_t>();
+  const scalar_t* Fp = fz.data_ptr<scalar_t>();
+  at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nchunks, c = t % nchunks;
+      if (!act[b]) continue;
+      const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
+      update_task<scalar_t>(Xp + (slot * B + b) * d, Gp + (slot * B + b) * d, Fp + b * d, Gp + b * d, B * d, n,
+                            j0, j1, partial_data + t * nout);
+    }
+  });
 }
 
 // One new Gram row + squared norms. Task = (sample b, chunk); partial sums per task are reduced
@@ -112,35 +116,40 @@ std::tuple<at::Tensor, at::Tensor> anderson_solve_cpu(const at::Tensor& H, int64
 }
 
 template <typename scalar_t>
+LDEQ_MULTIVERSION void mix_task(scalar_t* Xb, const scalar_t* Gb, int64_t stride, const double* alpha, double beta,
+                                int64_t slot, int64_t n, int64_t j0, int64_t j1) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t acc[kBlock];
+  for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
+    const int64_t len = std::min(j1, s0 + kBlock) - s0;
+    for (int64_t j = 0; j < len; ++j) acc[j] = acc_t(0);
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t ca = static_cast<acc_t>(alpha[i]);
+      const acc_t cb = static_cast<acc_t>(alpha[i] * beta);
+      const scalar_t* xi = Xb + i * stride + s0;
+      const scalar_t* gi = Gb + i * stride + s0;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) acc[j] += ca * static_cast<acc_t>(xi[j]) + cb * static_cast<acc_t>(gi[j]);
+    }
+    scalar_t* out = Xb + slot * stride + s0;  // all reads of this block are done
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) out[j] = static_cast<scalar_t>(acc[j]);
+  }
+}
+
+template <typename scalar_t>
 void mix_kernel(at::Tensor& X, const at::Tensor& G, const double* ap, double beta, int64_t slot, int64_t n,
                 const bool* act, int64_t nchunks, int64_t B, int64_t d) {
-    using acc_t = at::opmath_type<scalar_t>;
-    scalar_t* Xp = X.data_ptr<scalar_t>();
-    const scalar_t* Gp = G.data_ptr<scalar_t>();
-    at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
-      acc_t acc[kBlock];
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / nchunks, c = t % nchunks;
-        if (!act[b]) continue;
-        const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
-        for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
-          const int64_t len = std::min(j1, s0 + kBlock) - s0;
-          for (int64_t j = 0; j < len; ++j) acc[j] = acc_t(0);
-          for (int64_t i = 0; i < n; ++i) {
-            const acc_t ca = static_cast<acc_t>(ap[b * n + i]);
-            const acc_t cb = static_cast<acc_t>(ap[b * n + i] * beta);
-            const scalar_t* xi = Xp + (i * B + b) * d + s0;
-            const scalar_t* gi = Gp + (i * B + b) * d + s0;
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j)
-              acc[j] += ca * static_cast<acc_t>(xi[j]) + cb * static_cast<acc_t>(gi[j]);
-          }
-          scalar_t* out = Xp + (slot * B + b) * d + s0;  // all reads of this block are done
-#pragma omp simd
-          for (int64_t j = 0; j < len; ++j) out[j] = static_cast<scalar_t>(acc[j]);
-        }
-      }
-    });
+  scalar_t* Xp = X.data_ptr<scalar_t>();
+  const scalar_t* Gp = G.data_ptr<scalar_t>();
+  at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nchunks, c = t % nchunks;
+      if (!act[b]) continue;
+      const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
+      mix_task<scalar_t>(Xp + b * d, Gp + b * d, B * d, ap + b * n, beta, slot, n, j0, j1);
+    }
+  });
 }
 
 void anderson_mix_cpu(at::Tensor X, const at::Tensor& G, const at::Tensor& alpha, double beta, int64_t slot,

@@ -21,52 +21,60 @@ void check_factors(const at::Tensor& U, const at::Tensor& V, const at::Tensor& l
   TORCH_CHECK(0 <= n && n <= U.size(0), "n must be in [0, L=", U.size(0), "], got ", n);
 }
 
+// Task bodies: one chunk [j0, j1) of one sample, multiversioned (see solver_common.h).
+template <typename scalar_t>
+LDEQ_MULTIVERSION void pass1_task(const scalar_t* Ub, const scalar_t* Vb, int64_t stride, const scalar_t* dxb,
+                                  const scalar_t* fzb, const scalar_t* zb, const scalar_t* gob, scalar_t* gnb,
+                                  int64_t n, int64_t j0, int64_t j1, double* out) {
+  double gbuf[kBlock], dgbuf[kBlock], dxbuf[kBlock];
+  for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
+    const int64_t len = std::min(j1, s0 + kBlock) - s0;
+    double dxdg = 0, dxg = 0, gg = 0, ff = 0;
+#pragma omp simd reduction(+ : dxdg, dxg, gg, ff)
+    for (int64_t j = 0; j < len; ++j) {
+      const scalar_t gv = fzb[s0 + j] - zb[s0 + j];  // rounded to the state dtype, as stored
+      gnb[s0 + j] = gv;
+      const double g64 = static_cast<double>(gv), f64 = static_cast<double>(fzb[s0 + j]);
+      const double dg = g64 - static_cast<double>(gob[s0 + j]);
+      const double x64 = static_cast<double>(dxb[s0 + j]);
+      gbuf[j] = g64; dgbuf[j] = dg; dxbuf[j] = x64;
+      dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
+    }
+    out[3 * n] += dxdg; out[3 * n + 1] += dxg; out[3 * n + 2] += gg; out[3 * n + 3] += ff;
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* ui = Ub + i * stride + s0;
+      const scalar_t* vi = Vb + i * stride + s0;
+      double a = 0, bb = 0, cc = 0;
+#pragma omp simd reduction(+ : a, bb, cc)
+      for (int64_t j = 0; j < len; ++j) {
+        const double u = static_cast<double>(ui[j]), v = static_cast<double>(vi[j]);
+        a += u * dxbuf[j]; bb += v * dgbuf[j]; cc += v * gbuf[j];
+      }
+      out[i] += a; out[n + i] += bb; out[2 * n + i] += cc;
+    }
+  }
+}
+
 template <typename scalar_t>
 void pass1_kernel(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
                   const at::Tensor& z, const at::Tensor& g_old, at::Tensor& g_new, int64_t n, const bool* act,
                   double* partial_data, int64_t nchunks, int64_t nout, int64_t B, int64_t d) {
-    const scalar_t* Up = U.data_ptr<scalar_t>();
-    const scalar_t* Vp = V.data_ptr<scalar_t>();
-    at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
-      double gbuf[kBlock], dgbuf[kBlock], dxbuf[kBlock];
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / nchunks, c = t % nchunks;
-        if (!act[b]) continue;
-        double* out = partial_data + t * nout;
-        const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
-        const scalar_t* fzb = fz.data_ptr<scalar_t>() + b * d;
-        const scalar_t* zb = z.data_ptr<scalar_t>() + b * d;
-        const scalar_t* gob = g_old.data_ptr<scalar_t>() + b * d;
-        const scalar_t* dxb = dx.data_ptr<scalar_t>() + b * d;
-        scalar_t* gnb = g_new.data_ptr<scalar_t>() + b * d;
-        for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
-          const int64_t len = std::min(j1, s0 + kBlock) - s0;
-          double dxdg = 0, dxg = 0, gg = 0, ff = 0;
-#pragma omp simd reduction(+ : dxdg, dxg, gg, ff)
-          for (int64_t j = 0; j < len; ++j) {
-            const scalar_t gv = fzb[s0 + j] - zb[s0 + j];  // rounded to the state dtype, as stored
-            gnb[s0 + j] = gv;
-            const double g64 = static_cast<double>(gv), f64 = static_cast<double>(fzb[s0 + j]);
-            const double dg = g64 - static_cast<double>(gob[s0 + j]);
-            const double x64 = static_cast<double>(dxb[s0 + j]);
-            gbuf[j] = g64; dgbuf[j] = dg; dxbuf[j] = x64;
-            dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
-          }
-          out[3 * n] += dxdg; out[3 * n + 1] += dxg; out[3 * n + 2] += gg; out[3 * n + 3] += ff;
-          for (int64_t i = 0; i < n; ++i) {
-            const scalar_t* ui = Up + (i * B + b) * d + s0;
-            const scalar_t* vi = Vp + (i * B + b) * d + s0;
-            double a = 0, bb = 0, cc = 0;
-#pragma omp simd reduction(+ : a, bb, cc)
-            for (int64_t j = 0; j < len; ++j) {
-              const double u = static_cast<double>(ui[j]), v = static_cast<double>(vi[j]);
-              a += u * dxbuf[j]; bb += v * dgbuf[j]; cc += v * gbuf[j];
-            }
-            out[i] += a; out[n + i] += bb; out[2 * n + i] += cc;
-          }
-        }
-      }
-    });
+  const scalar_t* Up = U.data_ptr<scalar_t>();
+  const scalar_t* Vp = V.data_ptr<scalar_t>();
+  const scalar_t* dxp = dx.data_ptr<scalar_t>();
+  const scalar_t* fzp = fz.data_ptr<scalar_t>();
+  const scalar_t* zp = z.data_ptr<scalar_t>();
+  const scalar_t* gop = g_old.data_ptr<scalar_t>();
+  scalar_t* gnp = g_new.data_ptr<scalar_t>();
+  at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nchunks, c = t % nchunks;
+      if (!act[b]) continue;
+      const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk), o = b * d;
+      pass1_task<scalar_t>(Up + o, Vp + o, B * d, dxp + o, fzp + o, zp + o, gop + o, gnp + o, n, j0, j1,
+                           partial_data + t * nout);
+    }
+  });
 }
 
 at::Tensor broyden_pass1_cpu(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
@@ -99,62 +107,69 @@ at::Tensor broyden_pass1_cpu(const at::Tensor& U, const at::Tensor& V, const at:
 }
 
 template <typename scalar_t>
+LDEQ_MULTIVERSION void pass2_task(scalar_t* Ub, scalar_t* Vb, int64_t stride, scalar_t* dxb, const scalar_t* zb,
+                                  scalar_t* znb, const scalar_t* gnb, const scalar_t* gob, const double* cb,
+                                  int64_t slot, int64_t n, int64_t j0, int64_t j1) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t vacc[kBlock], uacc[kBlock], pacc[kBlock];
+  const acc_t kn = static_cast<acc_t>(cb[3 * n]);
+  for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
+    const int64_t len = std::min(j1, s0 + kBlock) - s0;
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) {
+      const acc_t x = static_cast<acc_t>(dxb[s0 + j]), gn = static_cast<acc_t>(gnb[s0 + j]);
+      vacc[j] = -x;
+      uacc[j] = x + (gn - static_cast<acc_t>(gob[s0 + j]));
+      pacc[j] = gn;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t a = static_cast<acc_t>(cb[i]), sb = static_cast<acc_t>(cb[n + i]),
+                  sc = static_cast<acc_t>(cb[2 * n + i]);
+      const scalar_t* ui = Ub + i * stride + s0;
+      const scalar_t* vi = Vb + i * stride + s0;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) {
+        const acc_t u = static_cast<acc_t>(ui[j]);
+        vacc[j] += a * static_cast<acc_t>(vi[j]);
+        uacc[j] -= sb * u;
+        pacc[j] -= sc * u;
+      }
+    }
+    // All reads of this block (including an evicted column at `slot`) are done.
+    scalar_t* uo = Ub + slot * stride + s0;
+    scalar_t* vo = Vb + slot * stride + s0;
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) {
+      const scalar_t us = static_cast<scalar_t>(uacc[j]);
+      const acc_t upd = pacc[j] - kn * static_cast<acc_t>(us);
+      uo[j] = us;
+      vo[j] = static_cast<scalar_t>(vacc[j]);
+      dxb[s0 + j] = static_cast<scalar_t>(upd);
+      znb[s0 + j] = static_cast<scalar_t>(static_cast<acc_t>(zb[s0 + j]) + upd);
+    }
+  }
+}
+
+template <typename scalar_t>
 void pass2_kernel(at::Tensor& U, at::Tensor& V, at::Tensor& dx, const at::Tensor& z, at::Tensor& z_next,
                   const at::Tensor& g_new, const at::Tensor& g_old, const double* cp, int64_t slot, int64_t n,
                   const bool* act, int64_t nchunks, int64_t B, int64_t d) {
-    using acc_t = at::opmath_type<scalar_t>;
-    scalar_t* Up = U.data_ptr<scalar_t>();
-    scalar_t* Vp = V.data_ptr<scalar_t>();
-    at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
-      acc_t vacc[kBlock], uacc[kBlock], pacc[kBlock];
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / nchunks, c = t % nchunks;
-        if (!act[b]) continue;
-        const double* cb = cp + b * (3 * n + 1);
-        const acc_t kn = static_cast<acc_t>(cb[3 * n]);
-        const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
-        scalar_t* dxb = dx.data_ptr<scalar_t>() + b * d;
-        const scalar_t* zb = z.data_ptr<scalar_t>() + b * d;
-        scalar_t* znb = z_next.data_ptr<scalar_t>() + b * d;
-        const scalar_t* gnb = g_new.data_ptr<scalar_t>() + b * d;
-        const scalar_t* gob = g_old.data_ptr<scalar_t>() + b * d;
-        for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
-          const int64_t len = std::min(j1, s0 + kBlock) - s0;
-#pragma omp simd
-          for (int64_t j = 0; j < len; ++j) {
-            const acc_t x = static_cast<acc_t>(dxb[s0 + j]), gn = static_cast<acc_t>(gnb[s0 + j]);
-            vacc[j] = -x;
-            uacc[j] = x + (gn - static_cast<acc_t>(gob[s0 + j]));
-            pacc[j] = gn;
-          }
-          for (int64_t i = 0; i < n; ++i) {
-            const acc_t a = static_cast<acc_t>(cb[i]), sb = static_cast<acc_t>(cb[n + i]),
-                        sc = static_cast<acc_t>(cb[2 * n + i]);
-            const scalar_t* ui = Up + (i * B + b) * d + s0;
-            const scalar_t* vi = Vp + (i * B + b) * d + s0;
-#pragma omp simd
-            for (int64_t j = 0; j < len; ++j) {
-              const acc_t u = static_cast<acc_t>(ui[j]);
-              vacc[j] += a * static_cast<acc_t>(vi[j]);
-              uacc[j] -= sb * u;
-              pacc[j] -= sc * u;
-            }
-          }
-          // All reads of this block (including an evicted column at `slot`) are done.
-          scalar_t* uo = Up + (slot * B + b) * d + s0;
-          scalar_t* vo = Vp + (slot * B + b) * d + s0;
-#pragma omp simd
-          for (int64_t j = 0; j < len; ++j) {
-            const scalar_t us = static_cast<scalar_t>(uacc[j]);
-            const acc_t upd = pacc[j] - kn * static_cast<acc_t>(us);
-            uo[j] = us;
-            vo[j] = static_cast<scalar_t>(vacc[j]);
-            dxb[s0 + j] = static_cast<scalar_t>(upd);
-            znb[s0 + j] = static_cast<scalar_t>(static_cast<acc_t>(zb[s0 + j]) + upd);
-          }
-        }
-      }
-    });
+  scalar_t* Up = U.data_ptr<scalar_t>();
+  scalar_t* Vp = V.data_ptr<scalar_t>();
+  scalar_t* dxp = dx.data_ptr<scalar_t>();
+  const scalar_t* zp = z.data_ptr<scalar_t>();
+  scalar_t* znp = z_next.data_ptr<scalar_t>();
+  const scalar_t* gnp = g_new.data_ptr<scalar_t>();
+  const scalar_t* gop = g_old.data_ptr<scalar_t>();
+  at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nchunks, c = t % nchunks;
+      if (!act[b]) continue;
+      const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk), o = b * d;
+      pass2_task<scalar_t>(Up + o, Vp + o, B * d, dxp + o, zp + o, znp + o, gnp + o, gop + o,
+                           cp + b * (3 * n + 1), slot, n, j0, j1);
+    }
+  });
 }
 
 void broyden_pass2_cpu(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,

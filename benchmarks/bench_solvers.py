@@ -1,0 +1,160 @@
+"""ldeq.solvers against TorchDEQ, same process, same problem, same number of f evaluations.
+
+    .venv/bin/python benchmarks/bench_solvers.py [--device cpu|cuda] [--batch 8 32] [--iters 20]
+                                                 [--m 6] [--repeats 3] [--json out.json]
+
+Problem: z of 98x64x64 per sample, f(z) = tanh(0.5 z + x) (a cheap elementwise contraction), float32,
+tol=0 so every solver runs exactly its iteration budget. Both sides get the same number of f
+evaluations (TorchDEQ's broyden_solver evaluates f max_iter + 1 times, ours max_iter).
+
+Reported per solver: total time, the time spent inside f (timed around every call, synchronised on
+GPU), the solver's own time (total - f), the speed-up of the total and of the solver's own time, and
+the memory-traffic floor of the solver's own work: the bytes its fused passes must read and write
+(summed over the actual iterations, see docs/benchmarks.md) over the bandwidth of a measured
+three-stream triad torch.add(a, b, alpha=, out=c) on tensors of the same size.
+"""
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+import ldeq.solvers as S
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class TimedF:
+    """f(z) = tanh(0.5 z + x), with the wall time of every call accumulated."""
+
+    def __init__(self, x):
+        self.x, self.t, self.calls = x, 0.0, 0
+
+    def __call__(self, z):
+        _sync(self.x.device)
+        t0 = time.perf_counter()
+        out = torch.tanh(torch.add(self.x, z, alpha=0.5))
+        _sync(self.x.device)
+        self.t += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+
+def run(solver, x, z0, repeats):
+    """Best of `repeats` (total, f time, f calls)."""
+    best = None
+    for _ in range(repeats):
+        f = TimedF(x)
+        _sync(x.device)
+        t0 = time.perf_counter()
+        solver(f, z0)
+        _sync(x.device)
+        total = time.perf_counter() - t0
+        if best is None or total < best[0]:
+            best = (total, f.t, f.calls)
+    return best
+
+
+def anderson_bytes(B, d, m, iters, elt):
+    """Bytes the fused Anderson passes touch: per iteration k >= 1, mixing reads 2n history rows
+    (n = min(k, m)) and writes 1; the update pass reads f(z) and z, the other n' - 1 residual rows
+    (n' = min(k + 1, m)) and writes g: n' + 2. Iteration 0 only has the update pass (n' = 1)."""
+    rows = 3  # k = 0: read fz, z, write g
+    for k in range(1, iters):
+        n, n2 = min(k, m), min(k + 1, m)
+        rows += (2 * n + 1) + (n2 + 2)
+    return rows * B * d * elt
+
+
+def broyden_bytes(B, d, iters, elt, memory=None):
+    """Bytes the fused Broyden passes touch: per iteration with n stored columns, pass 1 reads
+    U, V (2n rows), dx, f(z), z, g_old and writes g_new (2n + 5); pass 2 reads U, V, dx, g_new,
+    g_old, z and writes u, v, dx, z_next (2n + 8). Iteration 0 computes g0 = f(z0) - z0 and the first
+    step in plain torch (~ 6 rows); the last iteration only runs pass 1."""
+    L = min(iters if memory is None else memory, max(1, iters - 1))
+    rows, n = 6, 0
+    for k in range(1, iters):
+        rows += 2 * n + 5
+        if k < iters - 1:
+            rows += 2 * n + 8
+            n = min(n + 1, L)
+    return rows * B * d * elt
+
+
+def bandwidth(B, d, dev, dtype, repeats=5):
+    a = torch.randn(B, d, device=dev, dtype=dtype)
+    b, c = torch.randn_like(a), torch.empty_like(a)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        torch.add(a, b, alpha=0.5, out=c)
+        _sync(dev)
+        best = min(best, time.perf_counter() - t0)
+    return 3 * a.numel() * a.element_size() / best
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, nargs="+", default=[8, 32])
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--m", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--solvers", nargs="+", default=["anderson", "broyden"])
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    from torchdeq.solver import anderson_solver, broyden_solver
+
+    dev, dtype, d = torch.device(a.device), torch.float32, 98 * 64 * 64
+    T, m = a.iters, a.m
+    ours = {
+        "anderson": lambda f, z0: S.anderson(f, z0, m=m, lam=1e-4, max_iter=T, tol=0, stop_mode="abs"),
+        "broyden": lambda f, z0: S.broyden(f, z0, max_iter=T, tol=0, stop_mode="abs"),
+    }
+    theirs = {
+        "anderson": lambda f, z0: anderson_solver(f, z0, m=m, lam=1e-4, max_iter=T, tol=0, stop_mode="abs"),
+        "broyden": lambda f, z0: broyden_solver(f, z0, max_iter=T - 1, tol=0, stop_mode="abs"),
+    }
+    rows = []
+    print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"d = 98*64*64 = {d}, {T} f evaluations, m = {m}, float32", flush=True)
+    for B in a.batch:
+        torch.manual_seed(0)
+        x = torch.randn(B, 98, 64, 64, device=dev, dtype=dtype)
+        z0 = torch.zeros_like(x)
+        bw = bandwidth(B, d, dev, dtype)
+        for name in a.solvers:
+            t_o = run(ours[name], x, z0, a.repeats)
+            t_t = run(theirs[name], x, z0, a.repeats)
+            nbytes = (anderson_bytes(B, d, m, T, 4) if name == "anderson" else broyden_bytes(B, d, T, 4))
+            floor = nbytes / bw
+            row = dict(solver=name, B=B, ours_total=t_o[0], ours_f=t_o[1], ours_calls=t_o[2],
+                       torchdeq_total=t_t[0], torchdeq_f=t_t[1], torchdeq_calls=t_t[2],
+                       ours_self=t_o[0] - t_o[1], torchdeq_self=t_t[0] - t_t[1],
+                       speedup_total=t_t[0] / t_o[0], speedup_self=(t_t[0] - t_t[1]) / (t_o[0] - t_o[1]),
+                       floor=floor, self_over_floor=(t_o[0] - t_o[1]) / floor, bandwidth_GBs=bw / 1e9,
+                       bytes=nbytes)
+            rows.append(row)
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}),
+                  flush=True)
+    print("\n| solver | B | ours total s | ours f s | ours self s | TorchDEQ total s | TorchDEQ self s | "
+          "speed-up total | speed-up self | floor s | self / floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['solver']} | {r['B']} | {r['ours_total']:.3f} | {r['ours_f']:.3f} | {r['ours_self']:.3f} | "
+              f"{r['torchdeq_total']:.3f} | {r['torchdeq_self']:.3f} | {r['speedup_total']:.2f}x | "
+              f"{r['speedup_self']:.2f}x | {r['floor']:.3f} | {r['self_over_floor']:.2f} |")
+    print(f"\ntriad bandwidth: " + ", ".join(f"B={r['B']}: {r['bandwidth_GBs']:.1f} GB/s" for r in rows[::len(a.solvers)]))
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
