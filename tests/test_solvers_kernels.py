@@ -1,0 +1,235 @@
+"""The fused solver kernels against their pure-PyTorch references (solvers/_reference.py), and the
+references themselves against hand-derived quantities (Gram rows, bordered-system optimality,
+Broyden's secant condition)."""
+import pytest
+import torch
+
+from ldeq import _ext
+from ldeq.solvers import _kernels as K
+from ldeq.solvers import _reference as ref
+
+F64 = torch.float64
+needs_ext = pytest.mark.skipif(not _ext.extension_loaded(), reason="ldeq._C not built")
+
+
+def _tol(dtype):
+    return {F64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+
+
+def _hist(m, B, d, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, B, d, generator=g, dtype=F64).to(dtype).to(device)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("slot,n", [(0, 1), (2, 3), (1, 4)])
+def test_anderson_update_matches_reference(device, dtype, slot, n):
+    m, B, d = 4, 3, 33001  # d > one CPU chunk (32768), not a multiple of the block size
+    X, G = _hist(m, B, d, dtype, device, 1), _hist(m, B, d, dtype, device, 2)
+    fz = _hist(1, B, d, dtype, device, 3)[0]
+    H = torch.randn(B, m, m, dtype=F64, device=device)
+    active = torch.tensor([True, False, True], device=device)
+    outs = []
+    for use_ref in (False, True):
+        Gc, Hc = G.clone(), H.clone()
+        r = K.anderson_update(X, Gc, fz, Hc, slot, n, active, use_reference=use_ref)
+        outs.append((Gc, Hc) + tuple(r))
+    (Gk, Hk, rk, fk), (Gr, Hr, rr, fr) = outs
+    torch.testing.assert_close(Gk, Gr, rtol=0, atol=0)  # g = fz - x, rounded the same way
+    torch.testing.assert_close(Hk, Hr, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(rk, rr, rtol=1e-10, atol=0)
+    torch.testing.assert_close(fk, fr, rtol=1e-10, atol=0)
+    # inactive sample untouched; the Gram row is the hand-computed dot product
+    assert torch.equal(Gk[:, 1], G[:, 1]) and torch.equal(Hk[1], H[1])
+    g = (fz[0].double() - X[slot, 0].double()).to(dtype).double()
+    for i in range(n):
+        gi = g if i == slot else G[i, 0].double()
+        assert abs(float(Hk[0, slot, i]) - float(g @ gi)) <= 1e-9 * (1 + abs(float(g @ gi)))
+        assert float(Hk[0, i, slot]) == float(Hk[0, slot, i])
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("slot,n,beta", [(1, 1, 1.0), (3, 3, 0.7), (0, 4, 0.3)])
+def test_anderson_mix_matches_reference_in_place(device, dtype, slot, n, beta):
+    m, B, d = 4, 3, 33001
+    X, G = _hist(m, B, d, dtype, device, 4), _hist(m, B, d, dtype, device, 5)
+    alpha = torch.randn(B, n, dtype=F64, device=device)
+    active = torch.tensor([True, True, False], device=device)
+    Xk, Xr = X.clone(), X.clone()
+    K.anderson_mix(Xk, G, alpha, beta, slot, n, active)
+    K.anderson_mix(Xr, G, alpha, beta, slot, n, active, use_reference=True)
+    torch.testing.assert_close(Xk.double(), Xr.double(), rtol=_tol(dtype), atol=_tol(dtype))
+    # hand formula in float64 from the original history (slot may be one of the mixed slots)
+    want = sum(alpha[0, i] * (X[i, 0].double() + beta * G[i, 0].double()) for i in range(n))
+    torch.testing.assert_close(Xk[slot, 0].double(), want, rtol=4 * _tol(dtype), atol=4 * _tol(dtype))
+    assert torch.equal(Xk[:, 2], X[:, 2])  # inactive sample untouched
+    others = [s for s in range(m) if s != slot]
+    assert torch.equal(Xk[others], X[others])
+
+
+def _random_gram(B, n, rank=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(B, rank or n, 50, generator=g, dtype=F64)
+    if rank is not None and rank < n:
+        R = torch.cat([R, R[:, :1].expand(B, n - rank, 50)], 1)
+    H = torch.zeros(B, 6, 6, dtype=F64)
+    H[:, :n, :n] = R @ R.transpose(1, 2)
+    return H, R
+
+
+@pytest.mark.parametrize("lam", [1e-4, 0.0])
+def test_bordered_solve_is_the_constrained_least_squares_optimum(lam):
+    """alpha minimises ||R^T alpha||^2 + lam ||alpha||^2 subject to sum(alpha) = 1: closed form
+    alpha = M^-1 1 / (1^T M^-1 1) with M = H + lam I."""
+    n = 5
+    H, R = _random_gram(4, n)
+    alpha, fb = ref.bordered_solve(H, n, lam, newest=n - 1)
+    M = H[:, :n, :n] + lam * torch.eye(n, dtype=F64)
+    w = torch.linalg.solve(M, torch.ones(4, n, 1, dtype=F64))[..., 0]
+    torch.testing.assert_close(alpha, w / w.sum(1, keepdim=True), rtol=1e-9, atol=1e-12)
+    assert not fb.any()
+
+
+@needs_ext
+@pytest.mark.parametrize("case", ["regular", "singular", "zero", "nan", "tiny_scale", "n1"])
+def test_anderson_solve_kernel_matches_reference_and_never_nans(device, case):
+    n, lam = 4, 1e-4
+    if case == "regular":
+        H, _ = _random_gram(5, n)
+    elif case == "singular":  # duplicate residuals with lam = 0: the original DEQ crash
+        H, _ = _random_gram(5, n, rank=2)
+        lam = 0.0
+    elif case == "zero":
+        H, lam = torch.zeros(5, 6, 6, dtype=F64), 0.0
+    elif case == "nan":
+        H, _ = _random_gram(5, n)
+        H[1, 0, 2] = float("nan")
+        H[3, 1, 1] = float("inf")
+    elif case == "tiny_scale":  # residuals ~1e-9: scaling must not trigger a fallback
+        H, _ = _random_gram(5, n)
+        H, lam = H * 1e-18, 0.0
+    else:
+        H, _ = _random_gram(5, 1)
+        n = 1
+    H = H.to(device)
+    ak, fk = K.anderson_solve(H, n, lam, n - 1)
+    ar, fr = K.anderson_solve(H, n, lam, n - 1, use_reference=True)
+    assert bool(torch.isfinite(ak).all())
+    torch.testing.assert_close(ak, ar, rtol=1e-9, atol=1e-9)
+    assert torch.equal(fk, fr)
+    torch.testing.assert_close(ak.sum(1), torch.ones(5, dtype=F64, device=device), rtol=0, atol=1e-9)
+    if case in ("regular", "tiny_scale", "n1"):
+        assert not fk.any()
+    if case == "n1":
+        assert torch.equal(ak, torch.ones_like(ak))
+    if case in ("singular", "zero"):
+        assert fk.all()
+    if case == "nan":
+        assert fk[[1, 3]].all() and not fk[[0, 2, 4]].any()
+        e = torch.zeros(n, dtype=F64, device=device)
+        e[n - 1] = 1
+        assert torch.equal(ak[1], e) and torch.equal(ak[3], e)  # plain step from the newest iterate
+    if case == "singular":
+        # still (near) optimal: the rows are [r0, r1, r0, r0], so the best reachable residual is
+        # the constrained optimum over the two distinct rows, min_t ||t r0 + (1 - t) r1||.
+        _, R = _random_gram(5, n, rank=2)
+        r0, r1 = R[:, 0], R[:, 1]
+        diff = r0 - r1
+        t = -((r1 * diff).sum(1) / (diff * diff).sum(1))
+        best = torch.linalg.vector_norm(t[:, None] * r0 + (1 - t[:, None]) * r1, dim=1)
+        ours = torch.linalg.vector_norm((ak.cpu()[:, :, None] * R).sum(1), dim=1)
+        assert bool((ours <= best * (1 + 1e-3) + 1e-9).all()), (ours, best)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_broyden_pass1_matches_reference(device, dtype, n):
+    L, B, d = 3, 3, 33001
+    U, V = _hist(L, B, d, dtype, device, 6), _hist(L, B, d, dtype, device, 7)
+    dx, fz, z, go = _hist(4, B, d, dtype, device, 8).unbind(0)
+    dx, fz, z, go = dx.contiguous(), fz.contiguous(), z.contiguous(), go.contiguous()
+    active = torch.tensor([True, False, True], device=device)
+    gk, gr = torch.zeros_like(z), torch.zeros_like(z)
+    dk = K.broyden_pass1(U, V, dx, fz, z, go, gk, n, active)
+    dr = K.broyden_pass1(U, V, dx, fz, z, go, gr, n, active, use_reference=True)
+    assert dk.shape == (B, 3 * n + 4)
+    torch.testing.assert_close(gk, gr, rtol=0, atol=0)
+    torch.testing.assert_close(dk, dr, rtol=1e-9, atol=1e-8)
+    assert not dk[1].any() and not gk[1].any()  # inactive sample untouched
+    g = gk[0].double()
+    if n:
+        assert abs(float(dk[0, n]) - float(V[0, 0].double() @ (g - go[0].double()))) < 1e-7 * d
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("slot,n", [(0, 0), (1, 1), (3, 3), (1, 4)])
+def test_broyden_pass2_matches_reference_in_place(device, dtype, slot, n):
+    L, B, d = 4, 3, 33001
+    U, V = _hist(L, B, d, dtype, device, 9), _hist(L, B, d, dtype, device, 10)
+    dx, z, gn, go = [t.contiguous() for t in _hist(4, B, d, dtype, device, 11).unbind(0)]
+    coef = torch.randn(B, 3 * n + 1, dtype=F64, device=device)
+    active = torch.tensor([True, True, False], device=device)
+    outs = []
+    for use_ref in (False, True):
+        Uc, Vc, dxc, zn = U.clone(), V.clone(), dx.clone(), torch.zeros_like(z)
+        K.broyden_pass2(Uc, Vc, dxc, z, zn, gn, go, coef, slot, n, active, use_reference=use_ref)
+        outs.append((Uc, Vc, dxc, zn))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a.double(), b.double(), rtol=_tol(dtype), atol=_tol(dtype) * 10)
+    Uk, Vk, dxk, znk = outs[0]
+    assert torch.equal(Uk[:, 2], U[:, 2]) and torch.equal(dxk[2], dx[2]) and not znk[2].any()
+    # hand formulas for sample 0 in float64
+    c = coef[0].cpu()
+    a_, sb, sc, kn = c[:n], c[n:2 * n], c[2 * n:3 * n], float(c[3 * n])
+    U0, V0 = U[:n, 0].double().cpu(), V[:n, 0].double().cpu()
+    x0, g0, o0 = dx[0].double().cpu(), gn[0].double().cpu(), go[0].double().cpu()
+    v = -x0 + (a_[:, None] * V0).sum(0)
+    u = x0 + g0 - o0 - (sb[:, None] * U0).sum(0)
+    upd = g0 - (sc[:, None] * U0).sum(0) - kn * u
+    t = 50 * _tol(dtype) * (1 + n)
+    torch.testing.assert_close(Vk[slot, 0].double().cpu(), v, rtol=t, atol=t)
+    torch.testing.assert_close(Uk[slot, 0].double().cpu(), u, rtol=t, atol=t)
+    torch.testing.assert_close(dxk[0].double().cpu(), upd, rtol=t, atol=t * 10)
+
+
+def test_broyden_update_satisfies_the_secant_condition():
+    """After the update, the inverse-Jacobian model maps dg to dz exactly: J_new^-1 dg = dz
+    (the defining property of Broyden's 'good' update), for the first two updates."""
+    g = torch.Generator().manual_seed(5)
+    d = 8
+    A = 0.5 * torch.randn(d, d, generator=g, dtype=F64) / d ** 0.5
+    b = torch.randn(1, d, generator=g, dtype=F64)
+    f = lambda z: torch.tanh(z @ A.T + b)
+    # Re-run the algorithm by hand with the reference kernels, checking J^-1 after each update.
+    L = 4
+    U, V = torch.zeros(L, 1, d, dtype=F64), torch.zeros(L, 1, d, dtype=F64)
+    S = torch.zeros(L, 1, dtype=F64)
+    act = torch.ones(1, dtype=torch.bool)
+    z = torch.zeros(1, d, dtype=F64)
+    g_old = f(z) - z
+    dx = g_old.clone()
+    z = z + dx
+    n = 0
+    for k in range(2):
+        fz = f(z)
+        g_new = torch.empty_like(z)
+        dots = ref.broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, act)
+        s_old = S[:n].t()
+        a, bb, c = s_old * dots[:, :n], dots[:, n:2 * n], dots[:, 2 * n:3 * n]
+        vdg = -dots[:, 3 * n] + (a * bb).sum(1)
+        vg = -dots[:, 3 * n + 1] + (a * c).sum(1)
+        s_new = 1 / vdg
+        coef = torch.cat([a, s_old * bb, s_old * c, (s_new * vg)[:, None]], 1)
+        dz, dg = dx.clone(), g_new - g_old
+        z_next = torch.empty_like(z)
+        ref.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, n, n, act)
+        S[n] = s_new
+        n += 1
+        Jinv = -torch.eye(d, dtype=F64) + sum(S[i, 0] * torch.outer(U[i, 0], V[i, 0]) for i in range(n))
+        torch.testing.assert_close(Jinv @ dg[0], dz[0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(dx[0], -(Jinv @ g_new[0]), rtol=1e-10, atol=1e-12)  # next step
+        g_old, z = g_new, z_next
