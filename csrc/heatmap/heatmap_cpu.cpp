@@ -16,10 +16,15 @@ namespace heatmap {
 namespace {
 
 // Vectorisable exp: Cephes range reduction + degree-6 polynomial, ~1 ulp in float32.
-// (std::exp is a library call per element and blocks vectorisation.) float64 uses std::exp.
+// (std::exp is a library call per element and blocks vectorisation; the selects below vectorise
+// because setup.py passes -fno-trapping-math.) float64 uses std::exp.
 inline float exp_approx(float x) {
-  const float xc = std::fmin(std::fmax(x, -87.33654f), 88.3f);
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float xc = x < -87.33654f ? -87.33654f : x;
+  xc = xc > 88.3f ? 88.3f : xc;
+  const float t = xc * 1.44269504088896341f + 0.5f;
+  int32_t ni = static_cast<int32_t>(t);  // truncate, then fix up to floor (baseline SSE2 has no floor)
+  ni -= t < static_cast<float>(ni) ? 1 : 0;
+  const float n = static_cast<float>(ni);
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -29,13 +34,20 @@ inline float exp_approx(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  int32_t bits = (ni + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(float));
   float out = e * scale;
-  out = x < -87.33654f ? 0.0f : out;                                    // underflow
-  out = x > 88.3f ? std::numeric_limits<float>::infinity() : out;       // overflow
-  return x != x ? x : out;                                              // NaN propagates
+  // Special cases as bit masks: GCC does not if-convert float selects for AVX-512 mask registers.
+  uint32_t ob, xb;
+  std::memcpy(&ob, &out, sizeof(float));
+  std::memcpy(&xb, &x, sizeof(float));
+  const uint32_t under = 0u - uint32_t(x < -87.33654f), over = 0u - uint32_t(x > 88.3f), nan = 0u - uint32_t(x != x);
+  ob &= ~under;                                   // underflow -> 0
+  ob = (ob & ~over) | (0x7f800000u & over);       // overflow -> +inf
+  ob = (ob & ~nan) | (xb & nan);                  // NaN propagates
+  std::memcpy(&out, &ob, sizeof(float));
+  return out;
 }
 inline double exp_approx(double x) { return std::exp(x); }
 
@@ -53,8 +65,8 @@ template <typename T> struct Acc { using type = double; };
 int64_t grain(int64_t per_channel) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(per_channel, 1)); }
 
 template <typename T>
-void softargmax_kernel(const T* l, const T* beta, int64_t beta_k, T* h, int64_t C, int64_t K, int64_t n) {
-  at::parallel_for(0, C, grain(n), [&](int64_t begin, int64_t end) {
+inline void softargmax_range(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K, int64_t n, int64_t begin,
+                             int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T* x = l + c * n;
       T* y = h + c * n;
@@ -63,45 +75,38 @@ void softargmax_kernel(const T* l, const T* beta, int64_t beta_k, T* h, int64_t 
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(b * (x[i] - m));
     }
-  });
 }
 
 template <typename T>
-void softargmax_backward_kernel(const T* g, const T* l, const T* beta, int64_t beta_k, const T* h, T* gl, T* gb,
-                                int64_t C, int64_t K, int64_t n) {
-  at::parallel_for(0, C, grain(n), [&](int64_t begin, int64_t end) {
+inline void softargmax_backward_range(const T* g, const T* l, const T* beta, int64_t beta_k, const T* h, T* gl, T* gb,
+                                      int64_t K, int64_t n, int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T *gc = g + c * n, *lc = l + c * n, *hc = h + c * n;
       T* out = gl + c * n;
       const T b = beta[beta_k == 1 ? 0 : c % K];
       const T m = channel_max(lc, n);
-      T s1 = 0, s2 = 0;
-      int64_t ties = 0;
+      T s1 = 0, s2 = 0, ties = 0;
 #pragma omp simd reduction(+ : s1, s2, ties)
       for (int64_t i = 0; i < n; ++i) {
         const T gh = gc[i] * hc[i];
         s1 += gh;
         s2 += gh * (lc[i] - m);
-        ties += lc[i] == m;
-        out[i] = b * gh;
+        ties += T(lc[i] == m);
       }
       gb[c] = s2;
-      if (ties > 0) {  // the max's own gradient, shared by the tied maxima (rare second scan)
-        const T share = b * s1 / T(ties);
-        for (int64_t i = 0; i < n; ++i)
-          if (lc[i] == m) out[i] -= share;
-      }
+      // Second pass from cache: the max's own gradient, shared evenly by tied maxima (as amax does).
+      const T share = b * s1 / ties;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) out[i] = b * gc[i] * hc[i] - share * T(lc[i] == m);
     }
-  });
 }
 
 template <typename T>
-void decode_kernel(const T* hm, T* coords, T* stdv, int64_t C, int64_t H, int64_t W, bool official) {
+inline void decode_range(const T* hm, T* coords, T* stdv, int64_t H, int64_t W, bool official, int64_t begin,
+                         int64_t end) {
   using acc_t = typename Acc<T>::type;
-  std::vector<T> col(W);
-  for (int64_t c = 0; c < W; ++c) col[c] = T(c);
-  at::parallel_for(0, C, grain(H * W), [&](int64_t begin, int64_t end) {
-    std::vector<T> row_sum(H), dx(W);
+    std::vector<T> col(W), row_sum(H), dx(W);
+    for (int64_t c = 0; c < W; ++c) col[c] = T(c);
     for (int64_t ch = begin; ch < end; ++ch) {
       const T* h = hm + ch * H * W;
       acc_t tot = 0, mx = 0, my = 0;
@@ -139,14 +144,12 @@ void decode_kernel(const T* hm, T* coords, T* stdv, int64_t C, int64_t H, int64_
       coords[2 * ch + 1] = T(y);
       stdv[ch] = T(std::sqrt(0.5 * (vx + vy) / S));
     }
-  });
 }
 
 template <typename T>
-void decode_backward_kernel(const T* gcoord, const T* gstd, const T* hm, const T* coords, const T* stdv, T* gh,
-                            int64_t C, int64_t H, int64_t W, bool official) {
+inline void decode_backward_range(const T* gcoord, const T* gstd, const T* hm, const T* coords, const T* stdv, T* gh,
+                                  int64_t H, int64_t W, bool official, int64_t begin, int64_t end) {
   using acc_t = typename Acc<T>::type;
-  at::parallel_for(0, C, grain(H * W), [&](int64_t begin, int64_t end) {
     std::vector<T> a(W), rr(H);
     for (int64_t ch = begin; ch < end; ++ch) {
       const T* h = hm + ch * H * W;
@@ -180,8 +183,49 @@ void decode_backward_kernel(const T* gcoord, const T* gstd, const T* hm, const T
         for (int64_t c = 0; c < W; ++c) o[c] = a[c] + rv;
       }
     }
-  });
 }
+
+// Typed entry points compiled for AVX-512, AVX2 and baseline x86-64 (GCC picks one at load time),
+// so the same wheel runs everywhere and still uses the widest vectors the CPU has.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LDEQ_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LDEQ_CPU_CLONES
+#endif
+
+#define LDEQ_TYPED_RANGES(T, SUF)                                                                                  \
+  LDEQ_CPU_CLONES void softargmax_range_##SUF(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K,         \
+                                              int64_t n, int64_t begin, int64_t end) {                             \
+    softargmax_range<T>(l, beta, beta_k, h, K, n, begin, end);                                                     \
+  }                                                                                                                \
+  LDEQ_CPU_CLONES void softargmax_backward_range_##SUF(const T* g, const T* l, const T* beta, int64_t beta_k,      \
+                                                       const T* h, T* gl, T* gb, int64_t K, int64_t n,             \
+                                                       int64_t begin, int64_t end) {                               \
+    softargmax_backward_range<T>(g, l, beta, beta_k, h, gl, gb, K, n, begin, end);                                 \
+  }                                                                                                                \
+  LDEQ_CPU_CLONES void decode_range_##SUF(const T* hm, T* coords, T* stdv, int64_t H, int64_t W, bool official,    \
+                                          int64_t begin, int64_t end) {                                            \
+    decode_range<T>(hm, coords, stdv, H, W, official, begin, end);                                                 \
+  }                                                                                                                \
+  LDEQ_CPU_CLONES void decode_backward_range_##SUF(const T* gcoord, const T* gstd, const T* hm, const T* coords,   \
+                                                   const T* stdv, T* gh, int64_t H, int64_t W, bool official,      \
+                                                   int64_t begin, int64_t end) {                                   \
+    decode_backward_range<T>(gcoord, gstd, hm, coords, stdv, gh, H, W, official, begin, end);                      \
+  }
+
+LDEQ_TYPED_RANGES(float, f32)
+LDEQ_TYPED_RANGES(double, f64)
+#undef LDEQ_TYPED_RANGES
+
+// Overloads so the AT_DISPATCH bodies below stay type-generic.
+#define LDEQ_OVERLOADS(NAME)                                                                    \
+  template <typename... A> inline void NAME##_typed(const float*, A... a) { NAME##_f32(a...); } \
+  template <typename... A> inline void NAME##_typed(const double*, A... a) { NAME##_f64(a...); }
+LDEQ_OVERLOADS(softargmax_range)
+LDEQ_OVERLOADS(softargmax_backward_range)
+LDEQ_OVERLOADS(decode_range)
+LDEQ_OVERLOADS(decode_backward_range)
+#undef LDEQ_OVERLOADS
 
 at::Tensor softargmax_cpu(const at::Tensor& logits, const at::Tensor& beta) {
   check_maps(logits, "logits");
@@ -191,8 +235,12 @@ at::Tensor softargmax_cpu(const at::Tensor& logits, const at::Tensor& beta) {
   auto h = at::empty_like(l);
   const int64_t B = l.size(0), K = l.size(1), n = l.size(2) * l.size(3);
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_cpu", [&] {
-    softargmax_kernel<scalar_t>(l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.data_ptr<scalar_t>(),
-                                B * K, K, n);
+    const scalar_t *lp = l.data_ptr<scalar_t>(), *bp = b.data_ptr<scalar_t>();
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    const int64_t bk = b.numel();
+    at::parallel_for(0, B * K, grain(n), [&](int64_t begin, int64_t end) {
+      softargmax_range_typed(lp, lp, bp, bk, hp, K, n, begin, end);
+    });
   });
   return h;
 }
@@ -210,9 +258,13 @@ std::tuple<at::Tensor, at::Tensor> softargmax_backward_cpu(const at::Tensor& gra
   auto gl = at::empty_like(l);
   auto gb = at::empty({B, K}, l.options());
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_backward_cpu", [&] {
-    softargmax_backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
-                                         b.numel(), h.data_ptr<scalar_t>(), gl.data_ptr<scalar_t>(),
-                                         gb.data_ptr<scalar_t>(), B * K, K, n);
+    const scalar_t *gp = g.data_ptr<scalar_t>(), *lp = l.data_ptr<scalar_t>(), *bp = b.data_ptr<scalar_t>();
+    const scalar_t* hp = h.data_ptr<scalar_t>();
+    scalar_t *glp = gl.data_ptr<scalar_t>(), *gbp = gb.data_ptr<scalar_t>();
+    const int64_t bk = b.numel();
+    at::parallel_for(0, B * K, grain(n), [&](int64_t begin, int64_t end) {
+      softargmax_backward_range_typed(gp, gp, lp, bp, bk, hp, glp, gbp, K, n, begin, end);
+    });
   });
   return {gl, gb};
 }
@@ -224,8 +276,11 @@ std::tuple<at::Tensor, at::Tensor> decode_cpu(const at::Tensor& heatmaps, bool o
   auto coords = at::empty({B, K, 2}, h.options());
   auto stdv = at::empty({B, K}, h.options());
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "heatmap_decode_cpu", [&] {
-    decode_kernel<scalar_t>(h.data_ptr<scalar_t>(), coords.data_ptr<scalar_t>(), stdv.data_ptr<scalar_t>(), B * K, H,
-                            W, official_std);
+    const scalar_t* hp = h.data_ptr<scalar_t>();
+    scalar_t *cp = coords.data_ptr<scalar_t>(), *sp = stdv.data_ptr<scalar_t>();
+    at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
+      decode_range_typed(hp, hp, cp, sp, H, W, official_std, begin, end);
+    });
   });
   return {coords, stdv};
 }
@@ -239,9 +294,12 @@ at::Tensor decode_backward_cpu(const at::Tensor& grad_coords, const at::Tensor& 
   const int64_t B = h.size(0), K = h.size(1), H = h.size(2), W = h.size(3);
   auto gh = at::empty_like(h);
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "heatmap_decode_backward_cpu", [&] {
-    decode_backward_kernel<scalar_t>(gc.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-                                     co.data_ptr<scalar_t>(), sd.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), B * K,
-                                     H, W, official_std);
+    const scalar_t *gcp = gc.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>();
+    const scalar_t *cp = co.data_ptr<scalar_t>(), *sp = sd.data_ptr<scalar_t>();
+    scalar_t* ghp = gh.data_ptr<scalar_t>();
+    at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
+      decode_backward_range_typed(gcp, gcp, gsp, hp, cp, sp, ghp, H, W, official_std, begin, end);
+    });
   });
   return gh;
 }
