@@ -217,21 +217,22 @@ def test_training_gradient_modes():
 def test_ift_gradient_matches_dense_implicit_function_theorem():
     # A contractive tiny cell (small beta), solved to machine precision in float64; the oracle is
     # dL/dtheta = g^T df/dtheta with (I - J^T) g = dL/dz*, J the dense Jacobian df/dz at z*.
-    torch.manual_seed(0)
-    m = LDEQ(LDEQConfig(**{**TINY, "n_keypoints": 1, "cell_softargmax_beta": 0.065, "max_iters": 200,
-                           "tol": 1e-13, "extra_final_step": True})).double().train()
+    torch.manual_seed(2)  # this init converges in ~40 iterations (contraction ~0.5)
+    m = LDEQ(LDEQConfig(**{**TINY, "n_keypoints": 1, "cell_softargmax_beta": 0.1, "max_iters": 200,
+                           "tol": 1e-12, "extra_final_step": True})).double().train()
     for mod in m.modules():  # BatchNorm in eval so the backbone is a fixed function of x
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.eval()
     x = images(B=1)
-    out = m(x, grad_mode="ift", deq_kwargs=dict(b_tol=1e-13, b_max_iter=200))
+    out = m(x, grad_mode="ift", deq_kwargs=dict(b_tol=1e-12, b_max_iter=200))
     out.keypoints.square().sum().backward()
     got = m.deq_layer.cell.head.conv.weight.grad.clone()
 
     with torch.no_grad():
         inj = m.injection(x)
     zs = out.z_star.detach()
-    assert float((m.cell(zs, inj) - zs).abs().max()) < 1e-10  # converged
+    with torch.no_grad():
+        assert float((m.cell(zs, inj) - zs).abs().max()) < 1e-10  # converged
     f = lambda z: m.cell(z, inj)  # noqa: E731
     J = torch.autograd.functional.jacobian(f, zs, vectorize=True).reshape(zs.numel(), zs.numel())
     assert torch.linalg.eigvals(J).abs().max() < 0.9  # contractive: IFT applies
