@@ -1,0 +1,178 @@
+// CUDA kernels of Anderson acceleration; see anderson.h for the contract. Reductions: grid
+// (blocks, B) grid-stride loops, float64 block sums, one atomicAdd per block and output.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "anderson/anderson.h"
+#include "anderson/anderson_solve.h"
+#include "solver_common.h"
+#include "solver_cuda_common.cuh"
+
+namespace ldeq {
+namespace {
+
+// out (B, n + 1): n Gram entries <g, G_i>, then ||fz||^2.
+template <typename scalar_t>
+__global__ void update_kernel(const scalar_t* __restrict__ X, scalar_t* __restrict__ G, const scalar_t* __restrict__ fz,
+                              const bool* __restrict__ active, int64_t B, int64_t d, int64_t slot, int64_t n,
+                              double* __restrict__ out) {
+  __shared__ double sh[32];
+  const int64_t b = blockIdx.y;
+  if (!active[b]) return;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t j0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const scalar_t* x = X + (slot * B + b) * d;
+  scalar_t* g = G + (slot * B + b) * d;
+  const scalar_t* f = fz + b * d;
+  double fsq = 0.0;
+  for (int64_t j = j0; j < d; j += stride) {
+    const scalar_t gv = f[j] - x[j];
+    g[j] = gv;  // read back below by this same thread only
+    const double fv = static_cast<double>(f[j]);
+    fsq += fv * fv;
+  }
+  fsq = block_sum(fsq, sh);
+  if (threadIdx.x == 0) atomicAdd(out + b * (n + 1) + n, fsq);
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t* gi = G + (i * B + b) * d;
+    double acc = 0.0;
+    for (int64_t j = j0; j < d; j += stride) acc += static_cast<double>(g[j]) * static_cast<double>(gi[j]);
+    acc = block_sum(acc, sh);
+    if (threadIdx.x == 0) atomicAdd(out + b * (n + 1) + i, acc);
+  }
+}
+
+__global__ void update_finish_kernel(const double* __restrict__ row, const bool* __restrict__ active, int64_t B,
+                                     int64_t m, int64_t slot, int64_t n, double* __restrict__ H,
+                                     double* __restrict__ res_sq, double* __restrict__ fz_sq) {
+  const int64_t b = blockIdx.x;
+  if (!active[b]) return;
+  const double* r = row + b * (n + 1);
+  double* Hb = H + b * m * m;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    Hb[slot * m + i] = r[i];
+    Hb[i * m + slot] = r[i];
+  }
+  if (threadIdx.x == 0) {
+    res_sq[b] = r[slot];
+    fz_sq[b] = r[n];
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> anderson_update_cuda(at::Tensor X, at::Tensor G, const at::Tensor& fz,
+                                                        at::Tensor H, int64_t slot, int64_t n,
+                                                        const at::Tensor& active) {
+  check_history(X, "X", fz);
+  check_history(G, "G", fz);
+  const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
+  TORCH_CHECK(G.sizes() == X.sizes(), "G must have the shape of X ", X.sizes(), ", got ", G.sizes());
+  check_state(fz, "fz", B, d, X);
+  check_f64(H, "H", {B, m, m}, X);
+  check_active(active, B, X);
+  TORCH_CHECK(0 <= slot && slot < n && n <= m, "anderson_update: need 0 <= slot < n <= m, got slot=", slot,
+              " n=", n, " m=", m);
+  const c10::cuda::CUDAGuard guard(X.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto opts = X.options().dtype(at::kDouble);
+  at::Tensor row = at::zeros({B, n + 1}, opts);
+  at::Tensor res_sq = at::zeros({B}, opts), fz_sq = at::zeros({B}, opts);
+  if (B == 0 || d == 0) return {res_sq, fz_sq};
+  dim3 grid(reduction_blocks(d, B), B);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_update_cuda", [&] {
+    update_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(X.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(),
+                                                          fz.data_ptr<scalar_t>(), active.data_ptr<bool>(), B, d,
+                                                          slot, n, row.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  update_finish_kernel<<<B, 32, 0, stream>>>(row.data_ptr<double>(), active.data_ptr<bool>(), B, m, slot, n,
+                                             H.data_ptr<double>(), res_sq.data_ptr<double>(),
+                                             fz_sq.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {res_sq, fz_sq};
+}
+
+__global__ void solve_kernel(const double* __restrict__ H, int64_t B, int64_t m, int64_t n, double lam,
+                             int64_t newest, double* __restrict__ alpha, bool* __restrict__ fallback,
+                             double* __restrict__ work) {
+  const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= B) return;
+  fallback[b] = anderson_solve_one(H + b * m * m, (int)m, (int)n, lam, (int)newest, alpha + b * n,
+                                   work + b * (n + 1) * (n + 2));
+}
+
+std::tuple<at::Tensor, at::Tensor> anderson_solve_cuda(const at::Tensor& H, int64_t n, double lam, int64_t newest) {
+  TORCH_CHECK(H.dim() == 3 && H.size(1) == H.size(2) && H.scalar_type() == at::kDouble && H.is_contiguous(),
+              "H must be a contiguous (B, m, m) float64 tensor, got ", H.sizes(), " ", H.scalar_type());
+  const int64_t B = H.size(0), m = H.size(1);
+  TORCH_CHECK(1 <= n && n <= m && 0 <= newest && newest < n, "anderson_solve: need 1 <= n <= m and 0 <= newest < n, got n=",
+              n, " m=", m, " newest=", newest);
+  TORCH_CHECK(lam >= 0, "anderson_solve: lam must be >= 0, got ", lam);
+  const c10::cuda::CUDAGuard guard(H.device());
+  auto alpha = at::empty({B, n}, H.options());
+  auto fallback = at::empty({B}, H.options().dtype(at::kBool));
+  if (B == 0) return {alpha, fallback};
+  auto work = at::empty({B, (n + 1) * (n + 2)}, H.options());
+  const int threads = 64;
+  solve_kernel<<<(B + threads - 1) / threads, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      H.data_ptr<double>(), B, m, n, lam, newest, alpha.data_ptr<double>(), fallback.data_ptr<bool>(),
+      work.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {alpha, fallback};
+}
+
+template <typename scalar_t>
+__global__ void mix_kernel(scalar_t* __restrict__ X, const scalar_t* __restrict__ G, const double* __restrict__ alpha,
+                           const bool* __restrict__ active, double beta, int64_t B, int64_t d, int64_t slot,
+                           int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t b = blockIdx.y;
+  if (!active[b]) return;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < d; j += stride) {
+    acc_t acc = acc_t(0);
+    for (int64_t i = 0; i < n; ++i) {
+      const double a = alpha[b * n + i];
+      const int64_t o = (i * B + b) * d + j;
+      acc += static_cast<acc_t>(a) * static_cast<acc_t>(X[o]) + static_cast<acc_t>(a * beta) * static_cast<acc_t>(G[o]);
+    }
+    X[(slot * B + b) * d + j] = static_cast<scalar_t>(acc);  // every read of element j is done
+  }
+}
+
+void anderson_mix_cuda(at::Tensor X, const at::Tensor& G, const at::Tensor& alpha, double beta, int64_t slot,
+                       int64_t n, const at::Tensor& active) {
+  check_history(X, "X", X);
+  check_history(G, "G", X);
+  const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
+  TORCH_CHECK(G.sizes() == X.sizes(), "G must have the shape of X ", X.sizes(), ", got ", G.sizes());
+  check_f64(alpha, "alpha", {B, n}, X);
+  check_active(active, B, X);
+  TORCH_CHECK(0 <= slot && slot < m && 1 <= n && n <= m, "anderson_mix: need 0 <= slot < m and 1 <= n <= m, got slot=",
+              slot, " n=", n, " m=", m);
+  if (B == 0 || d == 0) return;
+  const c10::cuda::CUDAGuard guard(X.device());
+  dim3 grid((unsigned)std::min<int64_t>((d + kThreads - 1) / kThreads, 65535), B);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_mix_cuda", [&] {
+    mix_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        X.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), alpha.data_ptr<double>(), active.data_ptr<bool>(), beta, B,
+        d, slot, n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ldeq, CUDA, m) {
+  m.impl("anderson_update", &anderson_update_cuda);
+  m.impl("anderson_solve", &anderson_solve_cuda);
+  m.impl("anderson_mix", &anderson_mix_cuda);
+}
+
+}  // namespace ldeq

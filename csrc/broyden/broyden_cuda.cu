@@ -1,0 +1,163 @@
+// CUDA kernels of limited-memory Broyden; see broyden.h for the contract.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "broyden/broyden.h"
+#include "solver_common.h"
+#include "solver_cuda_common.cuh"
+
+namespace ldeq {
+namespace {
+
+void check_factors(const at::Tensor& U, const at::Tensor& V, const at::Tensor& like, int64_t n) {
+  check_history(U, "U", like);
+  check_history(V, "V", like);
+  TORCH_CHECK(U.sizes() == V.sizes(), "U and V must have the same shape, got ", U.sizes(), " and ", V.sizes());
+  TORCH_CHECK(U.size(1) == like.size(0) && U.size(2) == like.size(1), "U, V must have shape (L, B=", like.size(0),
+              ", d=", like.size(1), "), got ", U.sizes());
+  TORCH_CHECK(0 <= n && n <= U.size(0), "n must be in [0, L=", U.size(0), "], got ", n);
+}
+
+// out (B, 3n + 4) = [a | b | c | dx.dg, dx.g, g.g, fz.fz]
+template <typename scalar_t>
+__global__ void pass1_kernel(const scalar_t* __restrict__ U, const scalar_t* __restrict__ V,
+                             const scalar_t* __restrict__ dx, const scalar_t* __restrict__ fz,
+                             const scalar_t* __restrict__ z, const scalar_t* __restrict__ g_old,
+                             scalar_t* __restrict__ g_new, const bool* __restrict__ active, int64_t B, int64_t d,
+                             int64_t n, double* __restrict__ out) {
+  __shared__ double sh[32];
+  const int64_t b = blockIdx.y;
+  if (!active[b]) return;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  const int64_t j0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t o = b * d;
+  double* ob = out + b * (3 * n + 4);
+  double dxdg = 0, dxg = 0, gg = 0, ff = 0;
+  for (int64_t j = j0; j < d; j += stride) {
+    const scalar_t gv = fz[o + j] - z[o + j];
+    g_new[o + j] = gv;  // read back below by this same thread only
+    const double g64 = static_cast<double>(gv), f64 = static_cast<double>(fz[o + j]);
+    const double dg = g64 - static_cast<double>(g_old[o + j]);
+    const double x64 = static_cast<double>(dx[o + j]);
+    dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
+  }
+  double r;
+  r = block_sum(dxdg, sh); if (threadIdx.x == 0) atomicAdd(ob + 3 * n, r);
+  r = block_sum(dxg, sh);  if (threadIdx.x == 0) atomicAdd(ob + 3 * n + 1, r);
+  r = block_sum(gg, sh);   if (threadIdx.x == 0) atomicAdd(ob + 3 * n + 2, r);
+  r = block_sum(ff, sh);   if (threadIdx.x == 0) atomicAdd(ob + 3 * n + 3, r);
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t* ui = U + i * B * d + o;
+    const scalar_t* vi = V + i * B * d + o;
+    double a = 0, bb = 0, cc = 0;
+    for (int64_t j = j0; j < d; j += stride) {
+      const double g64 = static_cast<double>(g_new[o + j]);
+      const double dg = g64 - static_cast<double>(g_old[o + j]);
+      const double v = static_cast<double>(vi[j]);
+      a += static_cast<double>(ui[j]) * static_cast<double>(dx[o + j]);
+      bb += v * dg;
+      cc += v * g64;
+    }
+    r = block_sum(a, sh);  if (threadIdx.x == 0) atomicAdd(ob + i, r);
+    r = block_sum(bb, sh); if (threadIdx.x == 0) atomicAdd(ob + n + i, r);
+    r = block_sum(cc, sh); if (threadIdx.x == 0) atomicAdd(ob + 2 * n + i, r);
+  }
+}
+
+at::Tensor broyden_pass1_cuda(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
+                              const at::Tensor& z, const at::Tensor& g_old, at::Tensor g_new, int64_t n,
+                              const at::Tensor& active) {
+  TORCH_CHECK(fz.dim() == 2, "fz must have shape (B, d), got ", fz.sizes());
+  const int64_t B = fz.size(0), d = fz.size(1);
+  check_state(fz, "fz", B, d, fz);
+  check_state(dx, "dx", B, d, fz);
+  check_state(z, "z", B, d, fz);
+  check_state(g_old, "g_old", B, d, fz);
+  check_state(g_new, "g_new", B, d, fz);
+  check_factors(U, V, fz, n);
+  check_active(active, B, fz);
+  const c10::cuda::CUDAGuard guard(fz.device());
+  at::Tensor out = at::zeros({B, 3 * n + 4}, fz.options().dtype(at::kDouble));
+  if (B == 0 || d == 0) return out;
+  dim3 grid(reduction_blocks(d, B), B);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fz.scalar_type(), "broyden_pass1_cuda", [&] {
+    pass1_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        U.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), fz.data_ptr<scalar_t>(),
+        z.data_ptr<scalar_t>(), g_old.data_ptr<scalar_t>(), g_new.data_ptr<scalar_t>(), active.data_ptr<bool>(), B,
+        d, n, out.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+template <typename scalar_t>
+__global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V, scalar_t* __restrict__ dx,
+                             const scalar_t* __restrict__ z, scalar_t* __restrict__ z_next,
+                             const scalar_t* __restrict__ g_new, const scalar_t* __restrict__ g_old,
+                             const double* __restrict__ coef, const bool* __restrict__ active, int64_t B, int64_t d,
+                             int64_t slot, int64_t n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t b = blockIdx.y;
+  if (!active[b]) return;
+  const double* cb = coef + b * (3 * n + 1);
+  const acc_t kn = static_cast<acc_t>(cb[3 * n]);
+  const int64_t o = b * d;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < d; j += stride) {
+    const acc_t x = static_cast<acc_t>(dx[o + j]), gn = static_cast<acc_t>(g_new[o + j]);
+    acc_t v = -x, u = x + (gn - static_cast<acc_t>(g_old[o + j])), p = gn;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t ui = static_cast<acc_t>(U[i * B * d + o + j]);
+      v += static_cast<acc_t>(cb[i]) * static_cast<acc_t>(V[i * B * d + o + j]);
+      u -= static_cast<acc_t>(cb[n + i]) * ui;
+      p -= static_cast<acc_t>(cb[2 * n + i]) * ui;
+    }
+    const scalar_t us = static_cast<scalar_t>(u);
+    const acc_t upd = p - kn * static_cast<acc_t>(us);
+    U[slot * B * d + o + j] = us;  // every read of element j (an evicted column too) is done
+    V[slot * B * d + o + j] = static_cast<scalar_t>(v);
+    dx[o + j] = static_cast<scalar_t>(upd);
+    z_next[o + j] = static_cast<scalar_t>(static_cast<acc_t>(z[o + j]) + upd);
+  }
+}
+
+void broyden_pass2_cuda(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,
+                        const at::Tensor& g_new, const at::Tensor& g_old, const at::Tensor& coef, int64_t slot,
+                        int64_t n, const at::Tensor& active) {
+  TORCH_CHECK(z.dim() == 2, "z must have shape (B, d), got ", z.sizes());
+  const int64_t B = z.size(0), d = z.size(1);
+  check_state(z, "z", B, d, z);
+  check_state(dx, "dx", B, d, z);
+  check_state(z_next, "z_next", B, d, z);
+  check_state(g_new, "g_new", B, d, z);
+  check_state(g_old, "g_old", B, d, z);
+  check_factors(U, V, z, n);
+  TORCH_CHECK(0 <= slot && slot < U.size(0), "slot must be in [0, L=", U.size(0), "), got ", slot);
+  check_f64(coef, "coef", {B, 3 * n + 1}, z);
+  check_active(active, B, z);
+  if (B == 0 || d == 0) return;
+  const c10::cuda::CUDAGuard guard(z.device());
+  dim3 grid((unsigned)std::min<int64_t>((d + kThreads - 1) / kThreads, 65535), B);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "broyden_pass2_cuda", [&] {
+    pass2_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        U.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+        z_next.data_ptr<scalar_t>(), g_new.data_ptr<scalar_t>(), g_old.data_ptr<scalar_t>(), coef.data_ptr<double>(),
+        active.data_ptr<bool>(), B, d, slot, n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ldeq, CUDA, m) {
+  m.impl("broyden_pass1", &broyden_pass1_cuda);
+  m.impl("broyden_pass2", &broyden_pass2_cuda);
+}
+
+}  // namespace ldeq
