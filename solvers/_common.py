@@ -43,7 +43,8 @@ def check_common(z0, max_iter, tol, stop_mode, eps) -> None:
     if z0.dim() < 1 or z0.shape[0] == 0 or z0.numel() == 0:
         raise ValueError(f"z0 must be batch-first with at least one sample and one element, got shape "
                          f"{tuple(z0.shape)}")
-    if not bool(torch.isfinite(z0).all()):
+    # One cheap reduction first: NaN/Inf always reach the sum (an overflow only costs the exact check).
+    if not bool(torch.isfinite(z0.sum())) and not bool(torch.isfinite(z0).all()):
         bad = (~torch.isfinite(z0.reshape(z0.shape[0], -1))).any(1).nonzero().flatten().tolist()
         raise ValueError(f"z0 contains NaN or Inf (samples {bad[:10]}); the initial state must be finite")
     check_int("max_iter", max_iter, 1)
@@ -152,7 +153,7 @@ class _Tracker:
                  trajectory: Sequence[int], solver: str):
         B, dev = z0_flat.shape[0], z0_flat.device
         self.B, self.tol, self.stop_mode, self.eps, self.solver = B, tol, stop_mode, eps, solver
-        self.z_best = z0_flat.clone()
+        self.z_best = z0_flat  # never written in place (evict replaces it), so no copy needed
         self.best_key = torch.full((B,), -1, dtype=torch.long, device=dev)
         self.bufs: Dict[int, torch.Tensor] = {}
         f64 = dict(dtype=torch.float64, device=dev)

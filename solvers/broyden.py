@@ -35,7 +35,7 @@ def broyden(f, z0, *, max_iter=50, tol=1e-3, stop_mode="rel", memory=None, eps=1
     B, d = feval.B, feval.d
     L = min(max_iter if memory is None else memory, max(1, max_iter - 1))
     z = z0.detach().reshape(B, d).contiguous()
-    Z = [z.clone(), z.clone()]  # ping-pong iterates; stale rows of frozen samples stay finite
+    Z = [z.clone(), None]  # ping-pong iterates (Z[1] is fully written by the first step below)
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "broyden")
     f64 = torch.float64
 
@@ -46,8 +46,8 @@ def broyden(f, z0, *, max_iter=50, tol=1e-3, stop_mode="rel", memory=None, eps=1
     if tr.n_active == 0 or max_iter == 1:
         return tr.finish(z0.shape)
     dx = g_old.clone()  # first step: -J0^-1 g = g
-    tr.evict(1)
-    Z[1] = torch.where(tr.active[:, None], Z[0] + dx, Z[1])
+    # Stopped samples keep z0 here, so the rows f sees stay finite.
+    Z[1] = torch.where(tr.active[:, None], Z[0] + dx, Z[0])
     U, V = z.new_empty(L, B, d), z.new_empty(L, B, d)
     S = torch.zeros(L, B, dtype=f64, device=z.device)  # per-column scales s_i = 1 / <v_i, dg_i>
     g_new = torch.empty_like(g_old)
