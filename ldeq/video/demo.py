@@ -53,7 +53,7 @@ def _annotated_video(path: str, video, preds: dict, methods, fps: float) -> None
             w.write(np.concatenate(panels, axis=1))
 
 
-def run_video_demo(checkpoint: str, out_dir: str, n_videos: int = 6, n_frames: int = 90, seed: int = 100,
+def run_video_demo(checkpoint: str, out_dir: str, n_videos: int = 4, n_frames: int = 60, seed: int = 100,
                    device: str = "cpu", gamma: float = 1.0, max_iter_full: Optional[int] = None,
                    max_iter_warm: int = 1, batch_size: int = 8, filters: Optional[dict] = None,
                    progress: bool = True) -> dict:
@@ -99,8 +99,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ldeq.video.demo", description=run_video_demo.__doc__)
     p.add_argument("checkpoint")
     p.add_argument("out_dir")
-    p.add_argument("--n-videos", type=int, default=6)
-    p.add_argument("--frames", type=int, default=90)
+    p.add_argument("--n-videos", type=int, default=4)
+    p.add_argument("--frames", type=int, default=60)
     p.add_argument("--gamma", type=float, default=1.0)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
