@@ -89,6 +89,7 @@ class TrainConfig:
     device: str = "auto"               # 'auto' | 'cpu' | 'cuda'
     threads: int = 0                   # torch CPU threads (0 = leave torch's default)
     sync_bn: bool = True               # synchronise BatchNorm statistics across DDP ranks
+    time_limit_min: float = 0.0        # stop (checkpoint + final evaluation) after this many minutes (0 = off)
 
 
 @dataclass
@@ -249,7 +250,7 @@ def validate(cfg: Config) -> Config:
         if getattr(getattr(cfg, section), key) < 1:
             raise ConfigError(f"{section}.{key} must be >= 1, got {getattr(getattr(cfg, section), key)}")
     non_negative = [("train", "eval_every"), ("train", "ckpt_every"), ("train", "keep_ckpts"),
-                    ("train", "threads"), ("optim", "warmup_steps"), ("optim", "grad_clip"),
+                    ("train", "threads"), ("train", "time_limit_min"), ("optim", "warmup_steps"), ("optim", "grad_clip"),
                     ("optim", "weight_decay"), ("solver", "jac_reg"),
                     ("data", "num_workers")]
     for section, key in non_negative:

@@ -212,6 +212,7 @@ def _train(cfg, out_dir, resume, stop_after, hooks, progress, ctx, t_start):
         bar = tqdm(total=tc.steps, initial=start_step, desc="train", dynamic_ncols=True)
 
     last_row: Dict[str, float] = {}
+    time_limited = None
     autocast = (torch.autocast(ctx.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext())
     for step in range(start_step, tc.steps):
         images, gt = next(stream)
@@ -264,6 +265,11 @@ def _train(cfg, out_dir, resume, stop_after, hooks, progress, ctx, t_start):
             save(done)
         if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
             run_eval(done)
+        if tc.time_limit_min and done != tc.steps:
+            over = float(time.time() - t_start > 60 * tc.time_limit_min)
+            if reduce_mean({"over": over}, ctx)["over"] > 0:  # every rank stops at the same step
+                time_limited = done
+                break
         if stop_after is not None and done >= stop_after and done != tc.steps:
             if bar is not None:
                 bar.close()
@@ -271,13 +277,13 @@ def _train(cfg, out_dir, resume, stop_after, hooks, progress, ctx, t_start):
 
     if bar is not None:
         bar.close()
-    final_step = max(tc.steps, start_step)
-    if start_step < tc.steps or not os.path.isfile(os.path.join(ckpt_dir, ckpt.LAST)):
+    final_step = time_limited or max(tc.steps, start_step)
+    if time_limited or start_step < tc.steps or not os.path.isfile(os.path.join(ckpt_dir, ckpt.LAST)):
         save(final_step)
     final = run_eval(final_step)
     summary = {"steps": final_step, "last": last_row, "final_eval": final,
                "train_seconds": round(time.time() - t_start, 1), "world_size": ctx.world_size,
-               "out_dir": out_dir}
+               "out_dir": out_dir, "planned_steps": tc.steps, "stopped_by_time_limit": time_limited is not None}
     if ctx.is_main:
         writer.close()
         export_model(os.path.join(out_dir, "model_final.pt"), task, model, ema, cfg)
