@@ -3,8 +3,12 @@ forward+backward time vs TorchDEQ's ``get_deq`` (same cell, same solver, IFT bac
 
 Memory (each point in a fresh process; peak RSS from /proc/self/status VmHWM, reset with
 /proc/self/clear_refs just before the step; glibc's mmap threshold is pinned so freed large
-blocks go back to the OS and RSS follows live memory):
-    python benchmarks/bench_deq.py memory --ks 1 5 10 20
+blocks go back to the OS and RSS follows live memory). Two metrics: "allocated" (MALLOC_PERTURB_
+makes glibc write every fresh block, so RSS counts all allocated bytes, as an allocator's peak
+would) and "touched" (only pages actually written, e.g. the used part of a solver's history):
+    python benchmarks/bench_deq.py memory --metric allocated --modes ift jfb unrolled
+    python benchmarks/bench_deq.py memory --metric touched --modes ift jfb unrolled
+    python benchmarks/bench_deq.py plot      # docs/img/deq_memory.png from both JSON files
 Time (one process, our layer and TorchDEQ interleaved in rounds on the same inputs, median wall
 and process-CPU time per step; CPU time is less disturbed by other processes on a shared machine):
     python benchmarks/bench_deq.py time
@@ -101,6 +105,7 @@ def _atomic_write(path, data: bytes):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
 
 
@@ -108,6 +113,10 @@ def run_memory(args):
     from tqdm import tqdm
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072",
                OMP_NUM_THREADS=str(args.threads))
+    if args.metric == "allocated":
+        # glibc fills every fresh block (MALLOC_PERTURB_), so a buffer counts in RSS as soon as it
+        # is allocated, touched or not: RSS then follows the allocator's figures.
+        env["MALLOC_PERTURB_"] = "1"
     rows = []
     points = [(m, k) for m in args.modes for k in args.ks]
     for mode, k in tqdm(points, desc="memory points"):
@@ -121,35 +130,44 @@ def run_memory(args):
         rows.append(best)
     state_mb = args.B * args.C * args.H * args.H * 4 / 2 ** 20
     result = dict(config=dict(B=args.B, C=args.C, H=args.H, threads=args.threads, state_mb=state_mb,
-                              solver="anderson", repeats=args.repeats), rows=rows)
+                              solver="anderson", repeats=args.repeats, metric=args.metric), rows=rows)
     _atomic_write(args.json, json.dumps(result, indent=1).encode())
     print(f"state z: {args.B}x{args.C}x{args.H}x{args.H} float32 = {state_mb:.1f} MB")
     print("| mode | max_iter | step peak (MB over pre-step RSS) | process peak RSS (MB) | step time (s) |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['k']} | {r['step_peak_mb']:.1f} | {r['peak_mb']:.1f} | {r['seconds']:.2f} |")
-    if args.plot:
-        _plot(rows, args.plot, state_mb)
 
 
-def _plot(rows, path, state_mb):
+def run_plot(args):
+    """One figure from the JSON files of `memory` runs (e.g. the allocated and touched metrics)."""
     import io
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for mode, style in (("ift", "o-"), ("jfb", "s--"), ("unrolled", "^-")):
-        pts = [(r["k"], r["step_peak_mb"]) for r in rows if r["mode"] == mode]
-        if pts:
-            ax.plot(*zip(*pts), style, label={"ift": "ldeq IFT", "jfb": "ldeq JFB",
-                                               "unrolled": "explicit unrolling"}[mode])
-    ax.set_xlabel("max_iter (forward iterations)")
-    ax.set_ylabel("peak memory of one step (MB)")
-    ax.set_title(f"DEQ training step, CPU peak RSS (state {state_mb:.0f} MB)")
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    names = {"ift": "ldeq IFT", "jfb": "ldeq JFB", "unrolled": "explicit unrolling"}
+    colors = {"ift": "tab:blue", "jfb": "tab:green", "unrolled": "tab:red"}
+    state_mb = None
+    for path in args.inputs:
+        with open(path) as fh:
+            res = json.load(fh)
+        metric = res["config"]["metric"]
+        state_mb = res["config"]["state_mb"]
+        for mode in names:
+            pts = [(r["k"], r["step_peak_mb"]) for r in res["rows"] if r["mode"] == mode]
+            if pts:
+                ax.plot(*zip(*pts), "o-" if metric == "allocated" else "s--", color=colors[mode],
+                        alpha=1.0 if metric == "allocated" else 0.6,
+                        label=f"{names[mode]} ({'allocated' if metric == 'allocated' else 'touched pages'})")
+    ax.set_xlabel("max_iter (forward iterations; IFT backward uses as many)")
+    ax.set_ylabel("peak RSS of one step over pre-step RSS (MB)")
+    ax.set_title(f"DEQ training step memory, CPU (state z {state_mb:.0f} MB)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
+    path = args.out
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     _atomic_write(path, buf.getvalue())
@@ -283,8 +301,13 @@ def main(argv=None):
     m.add_argument("--H", type=int, default=64)
     m.add_argument("--threads", type=int, default=2)
     m.add_argument("--repeats", type=int, default=2)
-    m.add_argument("--json", default=os.path.join(HERE, "results", "deq_memory.json"))
-    m.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "deq_memory.png"))
+    m.add_argument("--metric", default="allocated", choices=["allocated", "touched"],
+                   help="allocated: every allocated byte counts (MALLOC_PERTURB_); touched: only written pages")
+    m.add_argument("--json", default=None, help="default benchmarks/results/deq_memory_<metric>.json")
+    pl = sub.add_parser("plot")
+    pl.add_argument("--inputs", nargs="+", default=[os.path.join(HERE, "results", f"deq_memory_{m}.json")
+                                                    for m in ("allocated", "touched")])
+    pl.add_argument("--out", default=os.path.join(ROOT, "docs", "img", "deq_memory.png"))
     t = sub.add_parser("time")
     t.add_argument("--k", type=int, default=20)
     t.add_argument("--cells", nargs="+", default=["conv", "pointwise"], choices=["conv", "pointwise"])
@@ -299,7 +322,11 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.cmd == "time":
         a.sizes = {"conv": a.conv_sizes, "pointwise": a.pointwise_sizes}
-    return run_memory(a) if a.cmd == "memory" else run_time(a)
+        return run_time(a)
+    if a.cmd == "memory":
+        a.json = a.json or os.path.join(HERE, "results", f"deq_memory_{a.metric}.json")
+        return run_memory(a)
+    return run_plot(a)
 
 
 if __name__ == "__main__":
