@@ -74,8 +74,8 @@ def test_official_uncertainty_only_behind_the_compat_option(fixture):
     x = fixture["image_uint8"].float() / 127.5 - 1.0
     with torch.no_grad():
         default = m(x)
-        compat = m(x, official_std=True)
-    torch.testing.assert_close(compat.uncertainty, fixture["uncertainty"], atol=1e-4, rtol=0)
+        compat = m.decode(default.z_star, official_std=True)[2]
+    torch.testing.assert_close(compat, fixture["uncertainty"], atol=1e-4, rtol=0)
     # the default is the true spread of p = h / (sum h + 1e-4) in [0, 1] units, recomputed here in float64
     h = default.heatmaps.double()
     p = h / (h.sum((-2, -1), keepdim=True) + 1e-4)
@@ -117,16 +117,10 @@ def test_softargmax_norm_formula_and_learned_beta(learn):
     torch.testing.assert_close(norm(h), want)
     if learn:
         assert [k for k, _ in norm.named_parameters()] == ["raw_beta"] and norm.raw_beta.shape == (3,)
-        torch.autograd.gradcheck(lambda r: SoftArgmaxNorm.forward(_with_raw(norm, r), h),
-                                 (norm.raw_beta.detach().clone().requires_grad_(),))
+        raw = norm.raw_beta.detach().clone().requires_grad_()
+        torch.autograd.gradcheck(lambda r: torch.func.functional_call(norm, {"raw_beta": r}, (h,)), (raw,))
     else:
         assert list(norm.state_dict()) == []  # fixed beta: no state, as in the official files
-
-
-def _with_raw(norm, raw):
-    norm.raw_beta = torch.nn.Parameter(raw) if not isinstance(raw, torch.nn.Parameter) else raw
-    object.__setattr__(norm, "_parameters", {"raw_beta": raw})
-    return norm
 
 
 # --- forward semantics -------------------------------------------------------------------------
@@ -203,6 +197,7 @@ def test_training_gradient_modes():
         out.keypoints.square().sum().backward()
         grads[mode] = m.deq_layer.cell.head.conv.weight.grad.clone()
         assert torch.isfinite(grads[mode]).all() and grads[mode].abs().sum() > 0
+        assert out.stats.grad == mode and out.stats.backward.calls == (1 if mode == "ift" else 0)
     # JFB = gradient of one tracked step from the (same, deterministic) solver result
     m.zero_grad()
     with torch.no_grad():
@@ -212,8 +207,10 @@ def test_training_gradient_modes():
     z = m.cell(zs, inj)
     m.decode(z)[1].square().sum().backward()
     torch.testing.assert_close(grads["jfb"], m.deq_layer.cell.head.conv.weight.grad)
+    assert not torch.allclose(grads["ift"], grads["jfb"])  # the implicit backward solve ran
 
 
+@pytest.mark.slow  # ~15 s on an idle 2-core machine; the wiring is also checked in test_training_gradient_modes
 def test_ift_gradient_matches_dense_implicit_function_theorem():
     # A contractive tiny cell (small beta), solved to machine precision in float64; the oracle is
     # dL/dtheta = g^T df/dtheta with (I - J^T) g = dL/dz*, J the dense Jacobian df/dz at z*.
@@ -249,19 +246,19 @@ def test_ift_gradient_matches_dense_implicit_function_theorem():
 @pytest.mark.parametrize("solver", ["anderson", "broyden", "fixed_point", "fpi"])
 def test_every_solver_reaches_the_fixed_point_of_a_contractive_cell(solver):
     torch.manual_seed(0)
-    m = LDEQ(LDEQConfig(**{**TINY, "n_keypoints": 1, "cell_softargmax_beta": 0.02, "max_iters": 100,
-                           "tol": 1e-9, "solver": solver})).double().eval()
+    m = LDEQ(LDEQConfig(**{**TINY, "n_keypoints": 1, "cell_softargmax_beta": 0.02, "max_iters": 60,
+                           "tol": 1e-7, "solver": solver})).double().eval()
     x = images(B=2)
     with torch.no_grad():
         inj = m.injection(x)
         out = m(x, extra_final_step=False)
         res = (m.cell(out.z_star, inj) - out.z_star).flatten(1).norm(dim=1) / m.cell(out.z_star, inj).flatten(1).norm(dim=1)
-    assert float(res.max()) < 1e-8
+    assert float(res.max()) < 1e-6
     if solver == "fpi":  # the official iteration stops on the batch-mean residual
-        assert float(out.stats.rel_trace[:, -1].mean()) < 1e-9
+        assert float(out.stats.rel_trace[:, -1].mean()) < 1e-7
     else:  # ldeq.solvers stop each sample on its own residual
         assert bool(out.stats.converged.all())
-    assert out.stats.nstep.shape == (2,) and int(out.stats.nstep.max()) <= 100
+    assert out.stats.nstep.shape == (2,) and int(out.stats.nstep.max()) <= 60
 
 
 def _solve_like_model(m, inj, n):
