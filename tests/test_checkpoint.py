@@ -153,3 +153,17 @@ def test_missing_and_corrupt_files(tmp_path):
         load_checkpoint(tmp_path / "list.pt")
     with pytest.raises(TypeError, match="model: expected an ldeq.model.LDEQ"):
         save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x.pt")
+
+
+def test_official_explicit_mode_args_select_batchnorm_cells(tmp_path):
+    # official Cell0: BatchNorm in the cell only for explicit mode with cell_use_bn_for_explicit
+    bn = LDEQ(LDEQConfig(**TINY, cell_norm_layer="bn", model_mode="explicit", explicit_depth=2))
+    args = official_args(injection_width=8, cell_base_width=4, cell_width_increment=2, n_keypoints=5, z_width=5,
+                         heatmap_size=16, im_size=64, model_mode="explicit", explicit_depth=2)
+    torch.save({"args": args, "state_dict": bn.state_dict()}, tmp_path / "explicit.pt")
+    m = load_checkpoint(tmp_path / "explicit.pt")
+    assert (m.cfg.cell_norm_layer, m.cfg.model_mode, m.cfg.explicit_depth) == ("bn", "explicit", 2)
+    assert isinstance(m.deq_layer.cell.hourglass.same1.norm, torch.nn.BatchNorm2d)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x).keypoints, bn.eval()(x).keypoints)

@@ -300,3 +300,15 @@ def test_bad_inputs_raise_clear_errors():
         m(images(), grad_mode="backprop")
     with pytest.raises(ValueError, match="mode='unrolled'"):
         m(images(), mode="unrolled")
+
+
+@pytest.mark.parametrize("solver", ["fpi", "fixed_point"])
+def test_save_trajectory_returns_one_iterate_per_iteration(solver):
+    m = tiny(solver=solver, max_iters=3, tol=1e-30)
+    with torch.no_grad():
+        out = m(images(), save_trajectory=True, extra_final_step=False)
+        inj = m.injection(images())
+    assert len(out.trajectory) == 3 and all(t.shape == (2, 5, 16, 16) for t in out.trajectory)
+    if solver == "fpi":  # the official iteration keeps f^k(z0)
+        torch.testing.assert_close(out.trajectory[0], m.cell(torch.zeros(2, 5, 16, 16, dtype=torch.float64), inj))
+        torch.testing.assert_close(out.trajectory[-1], out.z_star)
