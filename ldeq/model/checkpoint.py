@@ -12,7 +12,7 @@ import argparse
 import os
 import pickle
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 

@@ -7,8 +7,8 @@ checkpoints carry an ``args`` Namespace the official code could read back (:meth
 import argparse
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Dict
 
 NORMS = ("bn", "gn", "none")
 CELL_NORMS = ("softargmax", "none")  # heatmap normalisation inside the cell (official 'cell_norm')
@@ -93,7 +93,8 @@ class LDEQConfig:
              f"4 * heatmap_size = {4 * self.heatmap_size} (the backbone has stride 4)")
         if self.cell_norm_layer == "gn":
             for w in self.hourglass_widths:
-                need(w % self.cell_gn_groups == 0, "cell_gn_groups", f"a divisor of every cell width {self.hourglass_widths}")
+                need(w % self.cell_gn_groups == 0, "cell_gn_groups",
+                     f"a divisor of every cell width {self.hourglass_widths}")
         return self
 
     # -- conversions ---------------------------------------------------------------------------

@@ -69,6 +69,6 @@ def run_deq(f: Callable, z0: torch.Tensor, x: torch.Tensor, *, solver: str, max_
     """
     # 'fpi' is the official fixed-point iteration (last iterate, batch-mean stop); every other
     # name ('fixed_point', 'anderson', 'broyden') is an ldeq.solvers solver
-    return deq(f, z0, args=(x,), solver=official_fpi if solver == "fpi" else solver, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                solver_kwargs=solver_kwargs, grad=grad, stochastic_max_iter=stochastic_max_iter,
-                extra_step=extra_step, **deq_kwargs)
+    return deq(f, z0, args=(x,), solver=official_fpi if solver == "fpi" else solver, max_iter=max_iter,
+               tol=tol, stop_mode=stop_mode, solver_kwargs=solver_kwargs, grad=grad,
+               stochastic_max_iter=stochastic_max_iter, extra_step=extra_step, **deq_kwargs)
