@@ -312,3 +312,14 @@ def test_save_trajectory_returns_one_iterate_per_iteration(solver):
     if solver == "fpi":  # the official iteration keeps f^k(z0)
         torch.testing.assert_close(out.trajectory[0], m.cell(torch.zeros(2, 5, 16, 16, dtype=torch.float64), inj))
         torch.testing.assert_close(out.trajectory[-1], out.z_star)
+
+
+@pytest.mark.parametrize("solver", ["fpi", "anderson"])
+def test_forward_on_each_device_matches_cpu(device, solver):
+    m = tiny(solver=solver)
+    x = images()
+    with torch.no_grad():
+        ref = m(x)
+        out = m.to(device)(x.to(device))
+    assert out.keypoints.device.type == device.type and out.stats.nstep.device.type == device.type
+    torch.testing.assert_close(out.keypoints.cpu(), ref.keypoints, atol=1e-6, rtol=0)

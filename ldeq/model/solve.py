@@ -27,9 +27,9 @@ def stats_from_traces(abs_trace, rel_trace, tol, stop_mode, solver):
     a, r = torch.stack(abs_trace, 1), torch.stack(rel_trace, 1)
     B, T = a.shape
     low = r if stop_mode == "rel" else a
-    return SolverStats(nstep=torch.full((B,), T, dtype=torch.int64), abs_lowest=a.min(1).values,
-                       rel_lowest=r.min(1).values, abs_trace=a, rel_trace=r,
-                       converged=low.min(1).values <= tol, safeguard=torch.zeros(B, dtype=torch.bool),
+    return SolverStats(nstep=torch.full((B,), T, dtype=torch.int64, device=a.device), abs_lowest=a.min(1).values,
+                       rel_lowest=r.min(1).values, abs_trace=a, rel_trace=r, converged=low.min(1).values <= tol,
+                       safeguard=torch.zeros(B, dtype=torch.bool, device=a.device),
                        solver=solver, stop_mode=stop_mode)
 
 
