@@ -233,3 +233,26 @@ def test_broyden_update_satisfies_the_secant_condition():
         torch.testing.assert_close(Jinv @ dg[0], dz[0], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(dx[0], -(Jinv @ g_new[0]), rtol=1e-10, atol=1e-12)  # next step
         g_old, z = g_new, z_next
+
+
+@needs_ext
+def test_op_schemas_and_fake_kernels_pass_opcheck():
+    """Schema mutation annotations, fake (meta) kernels and dispatch, checked by torch's opcheck."""
+    B, d, m = 2, 300, 3
+    X, G = _hist(m, B, d, torch.float32, "cpu", 1), _hist(m, B, d, torch.float32, "cpu", 2)
+    fz = _hist(1, B, d, torch.float32, "cpu", 3)[0]
+    H = torch.zeros(B, m, m, dtype=F64)
+    act = torch.tensor([True, False])
+    tests = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.ldeq.anderson_update.default, (X, G, fz, H, 1, 2, act), test_utils=tests)
+    torch.library.opcheck(torch.ops.ldeq.anderson_solve.default, (H + torch.eye(m, dtype=F64), 2, 1e-4, 1),
+                          test_utils=tests)
+    alpha = torch.full((B, 2), 0.5, dtype=F64)
+    torch.library.opcheck(torch.ops.ldeq.anderson_mix.default, (X, G, alpha, 1.0, 2, 2, act), test_utils=tests)
+    U, V = _hist(m, B, d, torch.float32, "cpu", 4), _hist(m, B, d, torch.float32, "cpu", 5)
+    dx, z, go, gn = [t.contiguous() for t in _hist(4, B, d, torch.float32, "cpu", 6).unbind(0)]
+    torch.library.opcheck(torch.ops.ldeq.broyden_pass1.default, (U, V, dx, fz, z, go, gn, 2, act),
+                          test_utils=tests)
+    coef = torch.randn(B, 7, dtype=F64)
+    torch.library.opcheck(torch.ops.ldeq.broyden_pass2.default,
+                          (U, V, dx, z, torch.zeros_like(z), gn, go, coef, 2, 2, act), test_utils=tests)
