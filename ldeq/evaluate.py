@@ -91,7 +91,12 @@ def open_splits(args, image_size: int) -> dict:
             if wanted:
                 raise FileNotFoundError(f"--splits: {os.path.join(args.root, s + '.txt')} does not exist")
             continue  # an absent subset list is skipped unless asked for
-        out[s] = wflw_dataset(args.root, s, layout=layout, out_size=image_size)
+        ds = wflw_dataset(args.root, s, layout=layout, out_size=image_size)
+        if len(ds) == 0:  # e.g. an attribute subset no test image has
+            if wanted:
+                raise ValueError(f"--splits: split {s!r} has no images under {args.root!r}")
+            continue
+        out[s] = ds
     if not out:
         raise FileNotFoundError(f"--root: no test split list found under {args.root!r}")
     return out

@@ -92,3 +92,30 @@ def test_eval_errors_are_clear(setup, tmp_path, capsys, argv, msg):
     argv = [a.format(root=root, ckpt=ckpt) for a in argv] + ["--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_eval_original_layout_crops_on_the_fly(setup, tmp_path, capsys):
+    """The original WFLW layout (annotation list with boxes and attribute flags) on the same faces."""
+    root, ckpt, _, _ = setup
+    orig = tmp_path / "orig"
+    ann = orig / "WFLW_annotations" / "list_98pt_rect_attr_train_test"
+    (orig / "WFLW_images" / "0--Event").mkdir(parents=True)
+    ann.mkdir(parents=True)
+    lines = [l.split() for l in open(root / "test.txt") if l.strip()][:4]
+    rows = []
+    for i, f in enumerate(lines):
+        img = cv2.imread(str(root / "test" / f[0]))
+        big = cv2.copyMakeBorder(img, 20, 20, 30, 30, cv2.BORDER_CONSTANT)  # the face inside a larger photo
+        cv2.imwrite(str(orig / "WFLW_images" / "0--Event" / f[0]), big)
+        pts = np.array(f[1:], dtype=np.float64).reshape(98, 2) * 64 + [30, 20]
+        box = [int(pts[:, 0].min()), int(pts[:, 1].min()), int(pts[:, 0].max()), int(pts[:, 1].max())]
+        flags = [1 if i < 2 else 0, 0, 0, 0, 0, 0]
+        rows.append(" ".join([f"{v:.4f}" for v in pts.reshape(-1)] + [str(b) for b in box] + [str(v) for v in flags]
+                             + [f"0--Event/{f[0]}"]))
+    (ann / "list_98pt_rect_attr_test.txt").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    rc = main(["--data", "wflw", "--root", str(orig), "--checkpoint", ckpt, "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "metrics.json").read_text())
+    assert {k: v["n"] for k, v in res["splits"].items()} == {"test": 4, "test_largepose": 2}
+    assert res["splits"]["test"]["nme"] > 0
