@@ -323,3 +323,15 @@ def test_forward_on_each_device_matches_cpu(device, solver):
         out = m.to(device)(x.to(device))
     assert out.keypoints.device.type == device.type and out.stats.nstep.device.type == device.type
     torch.testing.assert_close(out.keypoints.cpu(), ref.keypoints, atol=1e-6, rtol=0)
+
+
+def test_stochastic_max_iters_only_in_training():
+    m = tiny(max_iters=5, tol=1e-30, stochastic_max_iters=True)
+    x = images()
+    torch.manual_seed(0)
+    m.train()
+    budgets = {int(m(x, grad_mode="jfb").stats.max_iter) for _ in range(6)}
+    assert budgets <= set(range(1, 6)) and len(budgets) > 1
+    m.eval()
+    with torch.no_grad():
+        assert m(x).stats.nstep.tolist() == [5, 5]
