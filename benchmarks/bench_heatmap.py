@@ -1,6 +1,7 @@
 """Fused heatmap soft-argmax + decode, forward and backward, against the eager reference.
 
     .venv/bin/python benchmarks/bench_heatmap.py [--device cpu|cuda] [--batch 32] [--json out.json]
+    pytest benchmarks/bench_heatmap.py --benchmark-only        (B=8 version, for `make bench`)
 
 Both paths compute heatmaps = exp(beta (l - max)), coords and std, then backpropagate a loss on
 coords and std into logits and a per-landmark beta. Same inputs, same process. The floor is the
@@ -71,6 +72,22 @@ def main(argv=None):
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
     return 0
+
+
+# pytest-benchmark entry points (`make bench`): a smaller problem, fused and eager side by side.
+def _bench_inputs(batch=8):
+    torch.manual_seed(0)
+    logits = (torch.randn(batch, 98, 64, 64) * 3).requires_grad_()
+    beta = (torch.rand(98) + 0.5).requires_grad_()
+    return logits, beta, torch.randn(batch, 98, 2), torch.randn(batch, 98)
+
+
+def test_heatmap_fused(benchmark):
+    benchmark(step, heatmap_softargmax, heatmap_decode, *_bench_inputs())
+
+
+def test_heatmap_eager(benchmark):
+    benchmark(step, ref.heatmap_softargmax, ref.heatmap_decode, *_bench_inputs())
 
 
 if __name__ == "__main__":
