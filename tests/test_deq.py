@@ -51,12 +51,12 @@ def test_stochastic_max_iter_is_uniform_and_only_when_training():
     W, x, f = _cell()
     spy = BudgetSpy()
     gen = torch.Generator().manual_seed(0)
-    for _ in range(240):
-        deq(f, torch.zeros(3, 5, dtype=DT), solver=spy, b_solver=ref_fpi, max_iter=6, tol=1e-30,
+    for _ in range(150):
+        deq(f, torch.zeros(3, 5, dtype=DT), solver=spy, grad="jfb", max_iter=6, tol=1e-30,
             stochastic_max_iter=True, generator=gen)
     counts = torch.bincount(torch.tensor(spy.budgets), minlength=7)
-    assert counts[0] == 0 and counts[1:].sum() == 240
-    assert counts[1:].min() > 20  # each of 1..6 is drawn (expected 40 each)
+    assert counts[0] == 0 and counts[1:].sum() == 150 and len(counts) == 7
+    assert counts[1:].min() > 10  # each of 1..6 is drawn (expected 25 each; fixed seed)
     spy.budgets.clear()
     with torch.no_grad():  # inference: always the full budget
         deq(f, torch.zeros(3, 5, dtype=DT), solver=spy, max_iter=6, tol=1e-30, stochastic_max_iter=True)

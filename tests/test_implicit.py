@@ -375,3 +375,20 @@ def test_f_not_callable_and_unknown_module_option():
         deq(3, torch.zeros(2, 3))
     with pytest.raises(TypeError, match="unknown option"):
         DEQ(nn.Identity(), bogus=1)
+
+
+def test_ift_on_device_matches_cpu(device):
+    """The layer is device-agnostic: on CUDA (where present) it must give the CPU gradients."""
+    cell = Cell()
+    x, target = _data()
+    grads = []
+    for dev in (torch.device("cpu"), device):
+        c = Cell().to(dev)
+        c.load_state_dict(cell.state_dict())
+        xx = x.detach().to(dev).requires_grad_()
+        z, stats = deq(c, torch.zeros(3, 6, dtype=DT, device=dev), args=(xx,), solver="anderson", **TIGHT)
+        _loss(z, target.to(dev)).backward()
+        assert stats.backward.ok
+        grads.append([c.W.grad.cpu(), xx.grad.cpu()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
