@@ -22,9 +22,9 @@ def ref_fpi(f, z0, *, max_iter, tol, stop_mode="rel", **kw):
         if bool((a_tr[-1] <= tol).all()):
             break
     a = torch.stack(a_tr, 1)
-    return z, SolverStats(nstep=torch.full((B,), len(a_tr)), abs_lowest=a.min(1).values,
-                          rel_lowest=a.min(1).values, abs_trace=a, rel_trace=a,
-                          converged=a.min(1).values <= tol, safeguard=torch.zeros(B, dtype=torch.bool),
+    return z, SolverStats(nstep=torch.full((B,), len(a_tr)), abs_lowest=a.amin(1),
+                          rel_lowest=a.amin(1), abs_trace=a, rel_trace=a,
+                          converged=a.amin(1) <= tol, safeguard=torch.zeros(B, dtype=torch.bool),
                           stop_mode="abs")
 
 

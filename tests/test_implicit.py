@@ -30,9 +30,9 @@ def ref_fpi(f, z0, *, max_iter, tol, stop_mode="rel", **kw):
         if bool(((r if stop_mode == "rel" else d) <= tol).all()):
             break
     a, r = torch.stack(a_tr, 1), torch.stack(r_tr, 1)
-    low = (r if stop_mode == "rel" else a).min(1).values
-    return z, SolverStats(nstep=torch.full((B,), len(a_tr)), abs_lowest=a.min(1).values,
-                          rel_lowest=r.min(1).values, abs_trace=a, rel_trace=r, converged=low <= tol,
+    low = (r if stop_mode == "rel" else a).amin(1)
+    return z, SolverStats(nstep=torch.full((B,), len(a_tr)), abs_lowest=a.amin(1),
+                          rel_lowest=r.amin(1), abs_trace=a, rel_trace=r, converged=low <= tol,
                           safeguard=torch.zeros(B, dtype=torch.bool), solver="ref_fpi", stop_mode=stop_mode)
 
 
