@@ -11,9 +11,31 @@ The extension must be built against the torch already installed, so install with
 """
 import glob
 import os
+import shutil
 import sys
 
 from setuptools import find_packages, setup
+
+
+def _guess_cuda_home():
+    """torch takes CUDA_HOME as the folder above the first `nvcc` on PATH; when that nvcc is a
+    wrapper script (here /usr/local/bin/nvcc), the folder has no libcudart and linking fails.
+    Pick the first candidate that has both bin/nvcc and libcudart.so, before torch looks."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        has_lib = any(os.path.exists(os.path.join(home, d, "libcudart.so")) for d in ("lib64", "lib"))
+        if has_lib and os.path.exists(os.path.join(home, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+_guess_cuda_home()
 
 try:
     import torch
