@@ -15,7 +15,9 @@ import torch
 from ldeq.model import (CheckpointError, LDEQ, LDEQConfig, config_from_checkpoint, load_checkpoint,
                         read_checkpoint, save_checkpoint)
 
-FIXTURE = "/work/shared/fixtures/official_ldeq_small_fixture.pt"
+from _paths import FIXTURES
+
+FIXTURE = str(FIXTURES / "official_ldeq_small_fixture.pt")
 TINY = dict(injection_width=8, cell_base_width=4, cell_width_increment=2, heatmap_size=16, image_size=64,
             n_keypoints=5, solver="fixed_point", max_iters=2)
 

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from ldeq.model import LDEQ, LDEQConfig
 from ldeq.model.layers import Conv, SoftArgmaxNorm
 
-FIX = "/work/shared/fixtures"
+from _paths import FIXTURES
+
+FIX = str(FIXTURES)
 FIXTURE = os.path.join(FIX, "official_ldeq_small_fixture.pt")
 KEYS = os.path.join(FIX, "official_ldeq_state_dict_keys.txt")
 
