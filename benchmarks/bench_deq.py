@@ -275,7 +275,9 @@ def run_time(args):
 # ---- pytest-benchmark entry points (small; `pytest benchmarks/bench_deq.py --benchmark-only`) --
 
 def _small():
-    torch.set_num_threads(2)
+    # One thread: on a shared 2-core machine two OpenMP threads wait at every op's barrier for a
+    # descheduled peer (measured: a 4x16x32x32 step took 5.6 s with 2 threads, 0.07 s with 1).
+    torch.set_num_threads(int(os.environ.get("LDEQ_BENCH_THREADS", "1")))
     return make_problem(B=4, C=16, H=32)
 
 
