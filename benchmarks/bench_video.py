@@ -2,6 +2,7 @@
 solve from zeros, for one video at a time and for many videos batched frame-synchronously.
 
     python benchmarks/bench_video.py [--checkpoint PATH] [--videos 8] [--frames 24] [--device cpu]
+    python benchmarks/bench_video.py quality CHECKPOINT [--videos 6] [--frames 90] [--gammas 0.5,1,2]
     pytest benchmarks/bench_video.py --benchmark-only     (small version, for `make bench`)
 
 Without --checkpoint a randomly initialised LDEQ with the 'synthetic-small' widths (32/32/8,
@@ -84,6 +85,40 @@ def main(argv=None) -> int:
     return 0
 
 
+def quality(argv=None) -> int:
+    """NME / NMF of off, warm, prox (several gamma) and the filters on synthetic clips (markdown)."""
+    from ldeq.video.evaluate import DEFAULT_FILTERS, compare, format_table
+    from ldeq.video.model_solve import LDEQSolve, load_ldeq_for_video
+
+    p = argparse.ArgumentParser(prog="bench_video.py quality")
+    p.add_argument("checkpoint")
+    p.add_argument("--videos", type=int, default=6)
+    p.add_argument("--frames", type=int, default=90)
+    p.add_argument("--seed", type=int, default=100)
+    p.add_argument("--gammas", default="0.5,1,2")
+    p.add_argument("--max-iter-warm", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    model = load_ldeq_for_video(a.checkpoint)
+    solve = LDEQSolve(model)
+    lengths = [max(10, a.frames - 8 * i) for i in range(a.videos)]
+    videos = make_synthetic_videos(a.videos, a.seed, lengths=lengths)
+    args = ([v.frames for v in videos], [v.boxes for v in videos], [v.landmarks for v in videos])
+    base = RwRConfig(max_iter_full=model.cfg.max_iters, max_iter_warm=a.max_iter_warm, max_iter_prox=a.max_iter_warm,
+                     batch_size=a.videos, crop_size=model.cfg.image_size)
+    rows = compare(solve, *args, ("off", "warm"), DEFAULT_FILTERS, base, progress=False)
+    for g in [float(v) for v in a.gammas.split(",") if v]:
+        cfg = RwRConfig(**{**base.__dict__, "gamma": g})
+        r = compare(solve, *args, ("prox",), {}, cfg, progress=False)[0]
+        r["method"] = f"prox gamma={g:g}"
+        rows.insert(len(rows) - len(DEFAULT_FILTERS), r)
+    print(f"checkpoint {a.checkpoint} ({model.cfg.image_size}px, {model.cfg.solver} max {model.cfg.max_iters} it); "
+          f"{a.videos} clips of {lengths[-1]}-{lengths[0]} frames, seed {a.seed}; warm/prox {a.max_iter_warm} it + final step")
+    print(format_table(rows))
+    return 0
+
+
 # --------------------------------------------------------------------------- pytest-benchmark
 def _bench_setup():
     torch.set_num_threads(2)
@@ -101,4 +136,7 @@ def test_bench_video_warm(benchmark):
 
 
 if __name__ == "__main__":
+    import sys
+    if len(sys.argv) > 1 and sys.argv[1] == "quality":
+        raise SystemExit(quality(sys.argv[2:]))
     raise SystemExit(main())
