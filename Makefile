@@ -32,7 +32,7 @@ demo: setup
 	$(PY) -m ldeq.demo
 
 bench: setup
-	$(PY) -m pytest -q benchmarks --benchmark-only
+	$(PY) -m pytest -q benchmarks/bench_*.py --benchmark-only
 
 clean:
 	rm -rf build *.egg-info ldeq/*.so $(VENV)/.built
