@@ -163,7 +163,8 @@ class RwRRunner:
                     if not np.isfinite(box).all():
                         skipped.append((v, t, frame, box))
                         continue
-                    groups[state[v] is None].append((v, t, frame, box))
+                    # mode off: every frame is a solve from zeros, so all frames share one batch
+                    groups[c.mode == "off" or state[v] is None].append((v, t, frame, box))
                 results = []
                 for restart, items in groups.items():
                     if not items:
