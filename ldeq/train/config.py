@@ -138,17 +138,17 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     },
     "synthetic-small": {
         "model": {"arch": "ldeq", "injection_width": 32, "base_width": 32, "width_increment": 8,
-                  "gn_groups": 1, "beta": 1.0, "image_size": 128},
+                  "gn_groups": 1, "beta": 1.0, "image_size": 64},
         # JFB: on CPU a step costs ~2-3x less than with the implicit backward solve, which buys more
         # steps in the demo's few minutes; solver.grad=ift works too (tested in test_train_ddp.py)
         "solver": {"name": "anderson", "max_iter": 6, "stochastic_max_iter": True, "eval_max_iter": 8,
                    "tol": 1e-2, "grad": "jfb", "backward_max_iter": 6, "backward_tol": 1e-3},
         "data": {"dataset": "synthetic", "root": "data/synthetic", "num_train": 1000, "num_test": 100,
                  "augment": True, "num_workers": 0},
-        "optim": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 20,
+        "optim": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 30,
                   "grad_clip": 1.0, "ema_decay": 0.99},
-        "train": {"steps": 300, "batch_size": 8, "eval_batch_size": 16, "eval_every": 0,
-                  "ckpt_every": 50, "log_every": 5, "loss": "l1", "amp": "off", "threads": 2},
+        "train": {"steps": 600, "batch_size": 8, "eval_batch_size": 25, "eval_every": 0,
+                  "ckpt_every": 100, "log_every": 5, "loss": "l1", "amp": "off", "threads": 2},
     },
 }
 
