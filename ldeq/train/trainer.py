@@ -127,11 +127,19 @@ def train(cfg: Config, out_dir: str, resume: Optional[str] = None, *, stop_after
     """
     hooks = hooks or {}
     t_start = time.time()
+    # process-wide settings this run changes, restored afterwards (train() may run inside a larger program)
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic)
     ctx = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, out_dir, resume, stop_after, hooks, progress, ctx, t_start)
+        with warnings.catch_warnings():
+            return _train(cfg, out_dir, resume, stop_after, hooks, progress, ctx, t_start)
     finally:
         cleanup(ctx)
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3], saved[4]
 
 
 def _train(cfg, out_dir, resume, stop_after, hooks, progress, ctx, t_start):
@@ -269,6 +277,8 @@ def _train(cfg, out_dir, resume, stop_after, hooks, progress, ctx, t_start):
             over = float(time.time() - t_start > 60 * tc.time_limit_min)
             if reduce_mean({"over": over}, ctx)["over"] > 0:  # every rank stops at the same step
                 time_limited = done
+                if writer is not None and done % tc.log_every:
+                    writer.write(row)
                 break
         if stop_after is not None and done >= stop_after and done != tc.steps:
             if bar is not None:
