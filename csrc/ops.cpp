@@ -11,6 +11,11 @@ TORCH_LIBRARY(ldeq, m) {
   m.def("heatmap_decode(Tensor heatmaps, bool official_std=False) -> (Tensor, Tensor)");
   m.def("heatmap_decode_backward(Tensor grad_coords, Tensor grad_std, Tensor heatmaps, "
         "Tensor coords, Tensor std, bool official_std=False) -> Tensor");
+  // Both in one pass per channel; the backward never materialises dL/dheatmaps.
+  m.def("heatmap_softargmax_decode(Tensor logits, Tensor beta, bool official_std=False) -> (Tensor, Tensor, Tensor)");
+  m.def("heatmap_softargmax_decode_backward(Tensor? grad_heatmaps, Tensor grad_coords, Tensor grad_std, "
+        "Tensor logits, Tensor beta, Tensor heatmaps, Tensor coords, Tensor std, bool official_std=False) "
+        "-> (Tensor, Tensor)");
 
   // ---- solvers (csrc/anderson, csrc/broyden) --------------------------------------------
   // Anderson (csrc/anderson/anderson.h): history X, G (m, B, d), Gram H (B, m, m) float64.

@@ -15,10 +15,18 @@ namespace ldeq {
 namespace heatmap {
 namespace {
 
+// The per-channel bodies must be inlined into each target clone below, or every clone would just
+// call one shared baseline (SSE2) copy; GCC does not inline functions this large on its own.
+#if defined(__GNUC__)
+#define LDEQ_INLINE inline __attribute__((always_inline))
+#else
+#define LDEQ_INLINE inline
+#endif
+
 // Vectorisable exp: Cephes range reduction + degree-6 polynomial, ~1 ulp in float32.
 // (std::exp is a library call per element and blocks vectorisation; the selects below vectorise
 // because setup.py passes -fno-trapping-math.) float64 uses std::exp.
-inline float exp_approx(float x) {
+LDEQ_INLINE float exp_approx(float x) {
   float xc = x < -87.33654f ? -87.33654f : x;
   xc = xc > 88.3f ? 88.3f : xc;
   const float t = xc * 1.44269504088896341f + 0.5f;
@@ -52,7 +60,7 @@ inline float exp_approx(float x) {
 inline double exp_approx(double x) { return std::exp(x); }
 
 template <typename T>
-inline T channel_max(const T* x, int64_t n) {
+LDEQ_INLINE T channel_max(const T* x, int64_t n) {
   T m = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
@@ -65,7 +73,7 @@ template <typename T> struct Acc { using type = double; };
 int64_t grain(int64_t per_channel) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(per_channel, 1)); }
 
 template <typename T>
-inline void softargmax_range(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K, int64_t n, int64_t begin,
+LDEQ_INLINE void softargmax_range(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K, int64_t n, int64_t begin,
                              int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T* x = l + c * n;
@@ -78,7 +86,7 @@ inline void softargmax_range(const T* l, const T* beta, int64_t beta_k, T* h, in
 }
 
 template <typename T>
-inline void softargmax_backward_range(const T* g, const T* l, const T* beta, int64_t beta_k, const T* h, T* gl, T* gb,
+LDEQ_INLINE void softargmax_backward_range(const T* g, const T* l, const T* beta, int64_t beta_k, const T* h, T* gl, T* gb,
                                       int64_t K, int64_t n, int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T *gc = g + c * n, *lc = l + c * n, *hc = h + c * n;
@@ -101,88 +109,179 @@ inline void softargmax_backward_range(const T* g, const T* l, const T* beta, int
     }
 }
 
+// Decode one channel (h: H*W values) into coords[0..1] and *stdv; col/row_sum/dx are scratch (W, H, W).
 template <typename T>
-inline void decode_range(const T* hm, T* coords, T* stdv, int64_t H, int64_t W, bool official, int64_t begin,
-                         int64_t end) {
+LDEQ_INLINE void decode_channel(const T* h, int64_t H, int64_t W, bool official, const T* col, T* row_sum, T* dx, T* coords,
+                           T* stdv) {
   using acc_t = typename Acc<T>::type;
-    std::vector<T> col(W), row_sum(H), dx(W);
-    for (int64_t c = 0; c < W; ++c) col[c] = T(c);
-    for (int64_t ch = begin; ch < end; ++ch) {
-      const T* h = hm + ch * H * W;
-      acc_t tot = 0, mx = 0, my = 0;
-      for (int64_t r = 0; r < H; ++r) {
-        const T* hr = h + r * W;
-        T s = 0, sx = 0;
+  acc_t tot = 0, mx = 0, my = 0;
+  for (int64_t r = 0; r < H; ++r) {
+    const T* hr = h + r * W;
+    T s = 0, sx = 0;
 #pragma omp simd reduction(+ : s, sx)
-        for (int64_t c = 0; c < W; ++c) {
-          s += hr[c];
-          sx += hr[c] * col[c];
-        }
-        row_sum[r] = s;
-        tot += s;
-        mx += sx;
-        my += acc_t(s) * r;
-      }
-      const acc_t S = tot + kDecodeEps;
-      const acc_t x = mx / (S * W), y = my / (S * H);
-      const acc_t mux = official ? x / W : x, muy = official ? y / H : y;
-      for (int64_t c = 0; c < W; ++c) {
-        const acc_t d = acc_t(c) / W - mux;
-        dx[c] = T(d * d);
-      }
-      acc_t vx = 0, vy = 0;
-      for (int64_t r = 0; r < H; ++r) {
-        const T* hr = h + r * W;
-        T s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t c = 0; c < W; ++c) s += hr[c] * dx[c];
-        vx += s;
-        const acc_t d = acc_t(r) / H - muy;
-        vy += acc_t(row_sum[r]) * d * d;
-      }
-      coords[2 * ch] = T(x);
-      coords[2 * ch + 1] = T(y);
-      stdv[ch] = T(std::sqrt(0.5 * (vx + vy) / S));
+    for (int64_t c = 0; c < W; ++c) {
+      s += hr[c];
+      sx += hr[c] * col[c];
     }
+    row_sum[r] = s;
+    tot += s;
+    mx += sx;
+    my += acc_t(s) * r;
+  }
+  const acc_t S = tot + kDecodeEps;
+  const acc_t x = mx / (S * W), y = my / (S * H);
+  const acc_t mux = official ? x / W : x, muy = official ? y / H : y;
+  for (int64_t c = 0; c < W; ++c) {
+    const acc_t d = acc_t(c) / W - mux;
+    dx[c] = T(d * d);
+  }
+  acc_t vx = 0, vy = 0;
+  for (int64_t r = 0; r < H; ++r) {
+    const T* hr = h + r * W;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t c = 0; c < W; ++c) s += hr[c] * dx[c];
+    vx += s;
+    const acc_t d = acc_t(r) / H - muy;
+    vy += acc_t(row_sum[r]) * d * d;
+  }
+  coords[0] = T(x);
+  coords[1] = T(y);
+  *stdv = T(std::sqrt(0.5 * (vx + vy) / S));
 }
 
 template <typename T>
-inline void decode_backward_range(const T* gcoord, const T* gstd, const T* hm, const T* coords, const T* stdv, T* gh,
-                                  int64_t H, int64_t W, bool official, int64_t begin, int64_t end) {
+struct DecodeScratch {
+  std::vector<T> col, row_sum, dx;
+  DecodeScratch(int64_t H, int64_t W) : col(W), row_sum(H), dx(W) {
+    for (int64_t c = 0; c < W; ++c) col[c] = T(c);
+  }
+};
+
+template <typename T>
+LDEQ_INLINE void decode_range(const T* hm, T* coords, T* stdv, int64_t H, int64_t W, bool official, int64_t begin,
+                         int64_t end) {
+  DecodeScratch<T> sc(H, W);
+  for (int64_t ch = begin; ch < end; ++ch)
+    decode_channel(hm + ch * H * W, H, W, official, sc.col.data(), sc.row_sum.data(), sc.dx.data(), coords + 2 * ch,
+                   stdv + ch);
+}
+
+// Fused forward: the channel's heatmap is decoded while it is still in cache.
+template <typename T>
+LDEQ_INLINE void softargmax_decode_range(const T* l, const T* beta, int64_t beta_k, T* h, T* coords, T* stdv, int64_t K,
+                                    int64_t H, int64_t W, bool official, int64_t begin, int64_t end) {
+  DecodeScratch<T> sc(H, W);
+  const int64_t n = H * W;
+  for (int64_t ch = begin; ch < end; ++ch) {
+    softargmax_range(l, beta, beta_k, h, K, n, ch, ch + 1);
+    decode_channel(h + ch * n, H, W, official, sc.col.data(), sc.row_sum.data(), sc.dx.data(), coords + 2 * ch,
+                   stdv + ch);
+  }
+}
+
+// The decode gradient of one channel as a separable field: dL/dh(r, c) = a[c] + rv[r].
+template <typename T>
+LDEQ_INLINE void decode_grad_field(const T* h, const T* gcoord, const T* gstd, const T* coords, const T* stdv, int64_t H,
+                              int64_t W, bool official, T* a, T* rv) {
   using acc_t = typename Acc<T>::type;
-    std::vector<T> a(W), rr(H);
-    for (int64_t ch = begin; ch < end; ++ch) {
-      const T* h = hm + ch * H * W;
-      T* out = gh + ch * H * W;
-      const DecodeGrad<acc_t> d(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
-                                stdv[ch], H, W, official);
-      for (int64_t c = 0; c < W; ++c) a[c] = T(d.A0(acc_t(c)));
-      for (int64_t r = 0; r < H; ++r) rr[r] = T(d.R0(acc_t(r)));
-      acc_t tot = 0, q = 0;  // T = sum h and sum h * (A0 + R0)
-      for (int64_t r = 0; r < H; ++r) {
-        const T* hr = h + r * W;
-        T s = 0, sa = 0;
+  const DecodeGrad<acc_t> d(gcoord[0], gcoord[1], *gstd, coords[0], coords[1], *stdv, H, W, official);
+  for (int64_t c = 0; c < W; ++c) a[c] = T(d.A0(acc_t(c)));
+  for (int64_t r = 0; r < H; ++r) rv[r] = T(d.R0(acc_t(r)));
+  acc_t tot = 0, q = 0;  // T = sum h and sum h * (A0 + R0)
+  for (int64_t r = 0; r < H; ++r) {
+    const T* hr = h + r * W;
+    T s = 0, sa = 0;
 #pragma omp simd reduction(+ : s, sa)
-        for (int64_t c = 0; c < W; ++c) {
-          s += hr[c];
-          sa += hr[c] * a[c];
-        }
-        tot += s;
-        q += acc_t(sa) + acc_t(rr[r]) * s;
-      }
-      const acc_t S = tot + kDecodeEps, sum_p = tot / S;
-      // G = sum gp p, with sum h cx = x S and sum h cy = y S.
-      const acc_t G = q / S + sum_p * (d.lx * d.x + d.ly * d.y);
-      const acc_t inv_s = 1 / S;
-      const T ax = T(sum_p * d.lx * d.inv_w * inv_s), ay = T(sum_p * d.ly * d.inv_h * inv_s);
-      for (int64_t c = 0; c < W; ++c) a[c] = T((acc_t(a[c]) - G) * inv_s) + ax * T(c);
-      for (int64_t r = 0; r < H; ++r) {
-        const T rv = T(acc_t(rr[r]) * inv_s) + ay * T(r);
-        T* o = out + r * W;
+    for (int64_t c = 0; c < W; ++c) {
+      s += hr[c];
+      sa += hr[c] * a[c];
+    }
+    tot += s;
+    q += acc_t(sa) + acc_t(rv[r]) * s;
+  }
+  const acc_t S = tot + kDecodeEps, sum_p = tot / S;
+  // G = sum gp p, with sum h cx = x S and sum h cy = y S.
+  const acc_t G = q / S + sum_p * (d.lx * d.x + d.ly * d.y);
+  const acc_t inv_s = 1 / S;
+  const T ax = T(sum_p * d.lx * d.inv_w * inv_s), ay = T(sum_p * d.ly * d.inv_h * inv_s);
+  for (int64_t c = 0; c < W; ++c) a[c] = T((acc_t(a[c]) - G) * inv_s) + ax * T(c);
+  for (int64_t r = 0; r < H; ++r) rv[r] = T(acc_t(rv[r]) * inv_s) + ay * T(r);
+}
+
+template <typename T>
+LDEQ_INLINE void decode_backward_range(const T* gcoord, const T* gstd, const T* hm, const T* coords, const T* stdv, T* gh,
+                                  int64_t H, int64_t W, bool official, int64_t begin, int64_t end) {
+  std::vector<T> a(W), rv(H);
+  for (int64_t ch = begin; ch < end; ++ch) {
+    decode_grad_field(hm + ch * H * W, gcoord + 2 * ch, gstd + ch, coords + 2 * ch, stdv + ch, H, W, official,
+                      a.data(), rv.data());
+    for (int64_t r = 0; r < H; ++r) {
+      T* o = gh + ch * H * W + r * W;
+      const T rr = rv[r];
 #pragma omp simd
-        for (int64_t c = 0; c < W; ++c) o[c] = a[c] + rv;
+      for (int64_t c = 0; c < W; ++c) o[c] = a[c] + rr;
+    }
+  }
+}
+
+// Fused backward: dL/dh = a[c] + rv[r] (+ grad_heatmaps when given) is never written to memory;
+// it feeds the soft-argmax backward of the same channel directly.
+template <typename T>
+LDEQ_INLINE void softargmax_decode_backward_range(const T* gh_in, const T* gcoord, const T* gstd, const T* l,
+                                             const T* beta, int64_t beta_k, const T* hm, const T* coords,
+                                             const T* stdv, T* gl, T* gb, int64_t K, int64_t H, int64_t W,
+                                             bool official, int64_t begin, int64_t end) {
+  std::vector<T> a(W), rv(H);
+  const int64_t n = H * W;
+  for (int64_t ch = begin; ch < end; ++ch) {
+    const T *h = hm + ch * n, *lc = l + ch * n, *gi = gh_in ? gh_in + ch * n : nullptr;
+    T* out = gl + ch * n;
+    const T b = beta[beta_k == 1 ? 0 : ch % K];
+    decode_grad_field(h, gcoord + 2 * ch, gstd + ch, coords + 2 * ch, stdv + ch, H, W, official, a.data(),
+                      rv.data());
+    const T m = channel_max(lc, n);
+    T s1 = 0, s2 = 0, ties = 0;
+    for (int64_t r = 0; r < H; ++r) {
+      const T *hr = h + r * W, *lr = lc + r * W, rr = rv[r];
+      T r1 = 0, r2 = 0, rt = 0;
+      if (gi) {
+        const T* gr = gi + r * W;
+#pragma omp simd reduction(+ : r1, r2, rt)
+        for (int64_t c = 0; c < W; ++c) {
+          const T ghv = (a[c] + rr + gr[c]) * hr[c];
+          r1 += ghv;
+          r2 += ghv * (lr[c] - m);
+          rt += T(lr[c] == m);
+        }
+      } else {
+#pragma omp simd reduction(+ : r1, r2, rt)
+        for (int64_t c = 0; c < W; ++c) {
+          const T ghv = (a[c] + rr) * hr[c];
+          r1 += ghv;
+          r2 += ghv * (lr[c] - m);
+          rt += T(lr[c] == m);
+        }
+      }
+      s1 += r1;
+      s2 += r2;
+      ties += rt;
+    }
+    gb[ch] = s2;
+    const T share = b * s1 / ties;
+    for (int64_t r = 0; r < H; ++r) {
+      const T *hr = h + r * W, *lr = lc + r * W, rr = rv[r];
+      T* o = out + r * W;
+      if (gi) {
+        const T* gr = gi + r * W;
+#pragma omp simd
+        for (int64_t c = 0; c < W; ++c) o[c] = b * (a[c] + rr + gr[c]) * hr[c] - share * T(lr[c] == m);
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < W; ++c) o[c] = b * (a[c] + rr) * hr[c] - share * T(lr[c] == m);
       }
     }
+  }
 }
 
 // Typed entry points compiled for AVX-512, AVX2 and baseline x86-64 (GCC picks one at load time),
@@ -207,6 +306,18 @@ inline void decode_backward_range(const T* gcoord, const T* gstd, const T* hm, c
                                           int64_t begin, int64_t end) {                                            \
     decode_range<T>(hm, coords, stdv, H, W, official, begin, end);                                                 \
   }                                                                                                                \
+  LDEQ_CPU_CLONES void softargmax_decode_range_##SUF(const T* l, const T* beta, int64_t beta_k, T* h, T* coords, \
+                                                     T* stdv, int64_t K, int64_t H, int64_t W, bool official,    \
+                                                     int64_t begin, int64_t end) {                               \
+    softargmax_decode_range<T>(l, beta, beta_k, h, coords, stdv, K, H, W, official, begin, end);                 \
+  }                                                                                                                \
+  LDEQ_CPU_CLONES void softargmax_decode_backward_range_##SUF(                                                    \
+      const T* gh_in, const T* gcoord, const T* gstd, const T* l, const T* beta, int64_t beta_k, const T* hm,      \
+      const T* coords, const T* stdv, T* gl, T* gb, int64_t K, int64_t H, int64_t W, bool official, int64_t begin, \
+      int64_t end) {                                                                                               \
+    softargmax_decode_backward_range<T>(gh_in, gcoord, gstd, l, beta, beta_k, hm, coords, stdv, gl, gb, K, H, W,  \
+                                        official, begin, end);                                                     \
+  }                                                                                                                \
   LDEQ_CPU_CLONES void decode_backward_range_##SUF(const T* gcoord, const T* gstd, const T* hm, const T* coords,   \
                                                    const T* stdv, T* gh, int64_t H, int64_t W, bool official,      \
                                                    int64_t begin, int64_t end) {                                   \
@@ -225,6 +336,8 @@ LDEQ_OVERLOADS(softargmax_range)
 LDEQ_OVERLOADS(softargmax_backward_range)
 LDEQ_OVERLOADS(decode_range)
 LDEQ_OVERLOADS(decode_backward_range)
+LDEQ_OVERLOADS(softargmax_decode_range)
+LDEQ_OVERLOADS(softargmax_decode_backward_range)
 #undef LDEQ_OVERLOADS
 
 at::Tensor softargmax_cpu(const at::Tensor& logits, const at::Tensor& beta) {
@@ -304,9 +417,68 @@ at::Tensor decode_backward_cpu(const at::Tensor& grad_coords, const at::Tensor& 
   return gh;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softargmax_decode_cpu(const at::Tensor& logits, const at::Tensor& beta,
+                                                                      bool official_std) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  auto l = logits.contiguous();
+  auto b = beta.contiguous();
+  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
+  auto h = at::empty_like(l);
+  auto coords = at::empty({B, K, 2}, l.options());
+  auto stdv = at::empty({B, K}, l.options());
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_cpu", [&] {
+    const scalar_t *lp = l.data_ptr<scalar_t>(), *bp = b.data_ptr<scalar_t>();
+    scalar_t *hp = h.data_ptr<scalar_t>(), *cp = coords.data_ptr<scalar_t>(), *sp = stdv.data_ptr<scalar_t>();
+    const int64_t bk = b.numel();
+    at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
+      softargmax_decode_range_typed(lp, lp, bp, bk, hp, cp, sp, K, H, W, official_std, begin, end);
+    });
+  });
+  return {h, coords, stdv};
+}
+
+std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cpu(
+    const std::optional<at::Tensor>& grad_heatmaps, const at::Tensor& grad_coords, const at::Tensor& grad_std,
+    const at::Tensor& logits, const at::Tensor& beta, const at::Tensor& heatmaps, const at::Tensor& coords,
+    const at::Tensor& stdv, bool official_std) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  check_same(logits, "logits", heatmaps, "heatmaps");
+  TORCH_CHECK(heatmaps.sizes() == logits.sizes(), "ldeq: heatmaps must have logits' shape ", logits.sizes());
+  check_decode_grads(heatmaps, grad_coords, grad_std, coords, stdv);
+  at::Tensor gin;
+  if (grad_heatmaps.has_value() && grad_heatmaps->defined()) {
+    check_same(logits, "logits", *grad_heatmaps, "grad_heatmaps");
+    TORCH_CHECK(grad_heatmaps->sizes() == logits.sizes(), "ldeq: grad_heatmaps must have logits' shape ",
+                logits.sizes());
+    gin = grad_heatmaps->contiguous();
+  }
+  auto l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
+  auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
+  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
+  auto gl = at::empty_like(l);
+  auto gb = at::empty({B, K}, l.options());
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_backward_cpu", [&] {
+    const scalar_t* gip = gin.defined() ? gin.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *gcp = gc.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>(), *lp = l.data_ptr<scalar_t>();
+    const scalar_t *bp = b.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>(), *cp = co.data_ptr<scalar_t>();
+    const scalar_t* sp = sd.data_ptr<scalar_t>();
+    scalar_t *glp = gl.data_ptr<scalar_t>(), *gbp = gb.data_ptr<scalar_t>();
+    const int64_t bk = b.numel();
+    at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
+      softargmax_decode_backward_range_typed(lp, gip, gcp, gsp, lp, bp, bk, hp, cp, sp, glp, gbp, K, H, W,
+                                             official_std, begin, end);
+    });
+  });
+  return {gl, gb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ldeq, CPU, m) {
+  m.impl("heatmap_softargmax_decode", &softargmax_decode_cpu);
+  m.impl("heatmap_softargmax_decode_backward", &softargmax_decode_backward_cpu);
   m.impl("heatmap_softargmax", &softargmax_cpu);
   m.impl("heatmap_softargmax_backward", &softargmax_backward_cpu);
   m.impl("heatmap_decode", &decode_cpu);

@@ -100,10 +100,18 @@ def heatmap_decode(heatmaps: Tensor, official_std: bool = False) -> Tuple[Tensor
 
 def heatmap_softargmax_decode(logits: Tensor, beta: Union[float, Tensor] = 1.0,
                               official_std: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-    """Both steps: (B, K, H, W) logits -> heatmaps (B, K, H, W), coords (B, K, 2), std (B, K)."""
-    h = heatmap_softargmax(logits, beta)
-    coords, std = heatmap_decode(h, official_std)
-    return h, coords, std
+    """Both steps in one fused op: (B, K, H, W) logits -> heatmaps (B, K, H, W), coords (B, K, 2),
+    std (B, K). Same values and gradients as ``heatmap_decode(heatmaps_softargmax(logits, beta))``,
+    but each channel is decoded while in cache, and the backward goes from the gradients of coords,
+    std (and heatmaps, if used) to logits and beta without writing dL/dheatmaps to memory."""
+    _check_maps(logits, "logits")
+    b = _as_beta(beta, logits)
+    x = logits.to(_compute_dtype(logits))
+    if _use_kernel("heatmap_softargmax_decode", x):
+        h, coords, std = torch.ops.ldeq.heatmap_softargmax_decode(x, b, bool(official_std))
+    else:
+        h, coords, std = ref.heatmap_softargmax_decode(x, b, bool(official_std))
+    return h.to(logits.dtype), coords.to(logits.dtype), std.to(logits.dtype)
 
 
 # ---------------------------------------------------------------------------------------- registration
@@ -134,6 +142,7 @@ def _decode_setup(ctx, inputs, output):
     heatmaps, official_std = inputs
     coords, std = output
     ctx.official_std = official_std
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(heatmaps, coords, std)
 
 
@@ -147,6 +156,29 @@ def _decode_backward(ctx, grad_coords, grad_std):
         return g, None
     return torch.ops.ldeq.heatmap_decode_backward(grad_coords.contiguous(), grad_std.contiguous(), heatmaps, coords,
                                                   std, ctx.official_std), None
+
+
+def _fused_setup(ctx, inputs, output):
+    logits, beta, official_std = inputs
+    ctx.official_std = official_std
+    ctx.set_materialize_grads(False)  # an unused heatmaps output must not cost a zero-filled tensor
+    ctx.save_for_backward(logits, beta, *output)
+
+
+def _fused_backward(ctx, grad_h, grad_coords, grad_std):
+    logits, beta, h, coords, std = ctx.saved_tensors
+    grad_coords = torch.zeros_like(coords) if grad_coords is None else grad_coords
+    grad_std = torch.zeros_like(std) if grad_std is None else grad_std
+    if torch.is_grad_enabled():  # double backward: see _softargmax_backward
+        wrt = [t for t, need in zip((logits, beta), ctx.needs_input_grad[:2]) if need]
+        outs = ref.heatmap_softargmax_decode(logits, beta, ctx.official_std)
+        gh = torch.zeros_like(h) if grad_h is None else grad_h
+        grads = iter(torch.autograd.grad(outs, wrt, (gh, grad_coords, grad_std), create_graph=True, allow_unused=True))
+        return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:2]) + (None,)
+    gl, gb = torch.ops.ldeq.heatmap_softargmax_decode_backward(
+        None if grad_h is None else grad_h.contiguous(), grad_coords.contiguous(), grad_std.contiguous(), logits, beta,
+        h, coords, std, ctx.official_std)
+    return gl, (_reduce_beta_grad(gb, beta) if ctx.needs_input_grad[1] else None), None
 
 
 def _register() -> None:
@@ -170,6 +202,18 @@ def _register() -> None:
     def _(grad_coords, grad_std, heatmaps, coords, std, official_std=False):
         return torch.empty_like(heatmaps, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake(lib + "heatmap_softargmax_decode")
+    def _(logits, beta, official_std=False):
+        B, K = logits.shape[:2]
+        return (torch.empty_like(logits, memory_format=torch.contiguous_format), logits.new_empty((B, K, 2)),
+                logits.new_empty((B, K)))
+
+    @torch.library.register_fake(lib + "heatmap_softargmax_decode_backward")
+    def _(grad_heatmaps, grad_coords, grad_std, logits, beta, heatmaps, coords, std, official_std=False):
+        return (torch.empty_like(logits, memory_format=torch.contiguous_format),
+                logits.new_empty(logits.shape[:2]))
+
+    torch.library.register_autograd(lib + "heatmap_softargmax_decode", _fused_backward, setup_context=_fused_setup)
     torch.library.register_autograd(lib + "heatmap_softargmax", _softargmax_backward, setup_context=_softargmax_setup)
     torch.library.register_autograd(lib + "heatmap_decode", _decode_backward, setup_context=_decode_setup)
 
