@@ -17,6 +17,16 @@ SHAPES = [(2, 5, 64, 64), (3, 4, 7, 9), (1, 2, 1, 1), (2, 3, 1, 17)]
 F32 = dict(rtol=2e-5, atol=2e-6)
 
 
+def _separate(logits, beta, official_std=False):
+    h = heatmap_softargmax(logits, beta)
+    return (h,) + heatmap_decode(h, official_std)
+
+
+# Every forward/backward test runs through both public paths: the single fused op and the two ops.
+PATHS = {"fused": heatmap_softargmax_decode, "separate": _separate}
+path_param = pytest.mark.parametrize("path", sorted(PATHS))
+
+
 def _ref64(logits, beta, official=False):
     b = beta.double() if torch.is_tensor(beta) else torch.tensor(float(beta), dtype=torch.float64)
     h = ref.heatmap_softargmax(logits.double().cpu(), b.cpu())
@@ -28,15 +38,16 @@ def _betas(K, device):
             torch.rand(K, device=device) * 3 + 0.1]
 
 
+@path_param
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("official", [False, True])
-def test_forward_matches_float64_reference(device, shape, dtype, official):
+def test_forward_matches_float64_reference(device, shape, dtype, official, path):
     torch.manual_seed(0)
     logits = (torch.randn(shape, dtype=torch.float64) * 4).to(device, dtype)
     tol = F32 if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
     for beta in _betas(shape[1], device):
-        h, c, s = heatmap_softargmax_decode(logits, beta, official_std=official)
+        h, c, s = PATHS[path](logits, beta, official_std=official)
         h64, c64, s64 = _ref64(logits, beta, official)
         assert h.dtype == c.dtype == s.dtype == dtype
         torch.testing.assert_close(h.double().cpu(), h64, **tol)
@@ -69,8 +80,9 @@ def test_decode_independent_cases():
     assert s_off.item() == pytest.approx(math.sqrt(0.5 * a_x + 0.5 * a_y) / 64, rel=1e-6)
 
 
+@path_param
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_extreme_logits_and_ties(device, dtype):
+def test_extreme_logits_and_ties(device, dtype, path):
     B, K, H, W = 2, 4, 16, 16
     torch.manual_seed(1)
     logits = torch.randn(B, K, H, W, dtype=torch.float64)
@@ -80,7 +92,7 @@ def test_extreme_logits_and_ties(device, dtype):
     logits[1, 1, 2, 3] = logits[1, 1, 9, 9] = logits[1, 1].max() + 1  # two tied maxima
     logits = logits.to(device, dtype).requires_grad_()
     beta = torch.tensor([1.0, 50.0, 0.3, 2.0], dtype=dtype, device=device, requires_grad=True)
-    h, c, s = heatmap_softargmax_decode(logits, beta)
+    h, c, s = PATHS[path](logits, beta)
     assert torch.isfinite(h).all() and torch.isfinite(c).all() and torch.isfinite(s).all()
     l64 = logits.detach().double().cpu().requires_grad_()
     b64 = beta.detach().double().cpu().requires_grad_()
@@ -99,31 +111,33 @@ def test_extreme_logits_and_ties(device, dtype):
     torch.testing.assert_close(gb.double().cpu(), gb64, **gtol)
 
 
-def test_non_contiguous_inputs(device):
+@path_param
+def test_non_contiguous_inputs(device, path):
     torch.manual_seed(2)
     base = torch.randn(3, 64, 64, 6, device=device)
     logits = base.permute(0, 3, 1, 2)[:, ::2]  # (3, 3, 64, 64), strided
     assert not logits.is_contiguous()
     beta = torch.rand(6, device=device)[::2] + 0.5  # strided beta
-    h, c, s = heatmap_softargmax_decode(logits, beta)
+    h, c, s = PATHS[path](logits, beta)
     h64, c64, s64 = _ref64(logits, beta)
     torch.testing.assert_close(h.double().cpu(), h64, **F32)
     torch.testing.assert_close(c.double().cpu(), c64, **F32)
     torch.testing.assert_close(s.double().cpu(), s64, **F32)
 
 
+@path_param
 @pytest.mark.parametrize("official", [False, True])
-def test_gradcheck_and_gradgradcheck(device, official):
+def test_gradcheck_and_gradgradcheck(device, official, path):
     torch.manual_seed(3)
     logits = torch.randn(2, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
     beta_k = (torch.rand(2, dtype=torch.float64, device=device) + 0.5).requires_grad_()
     beta_s = torch.tensor(0.8, dtype=torch.float64, device=device, requires_grad=True)
-    fn = lambda l, b: heatmap_decode(heatmap_softargmax(l, b), official)  # noqa: E731
+    coords_std = lambda l, b: PATHS[path](l, b, official)[1:]  # noqa: E731
     for beta in (beta_k, beta_s):
-        assert torch.autograd.gradcheck(fn, (logits, beta))
-        assert torch.autograd.gradgradcheck(fn, (logits, beta))
-    # the heatmaps themselves as an output (grad_heatmaps flows into softargmax's backward)
-    assert torch.autograd.gradcheck(lambda l, b: heatmap_softargmax(l, b), (logits, beta_k))
+        assert torch.autograd.gradcheck(coords_std, (logits, beta))
+        assert torch.autograd.gradgradcheck(coords_std, (logits, beta))
+    # heatmaps used too: their gradient joins the decode gradient inside the backward
+    assert torch.autograd.gradcheck(lambda l, b: PATHS[path](l, b, official), (logits, beta_k))
 
 
 def test_opcheck_all_ops():
@@ -140,19 +154,26 @@ def test_opcheck_all_ops():
         (ops.heatmap_softargmax_backward.default, (torch.randn_like(h), logits.detach(), beta.detach(), h)),
         (ops.heatmap_decode_backward.default,
          (torch.randn_like(coords), torch.randn_like(std), h, coords, std, False)),
+        (ops.heatmap_softargmax_decode.default, (logits, beta, False)),
+        (ops.heatmap_softargmax_decode.default, (logits, beta, True)),
+        (ops.heatmap_softargmax_decode_backward.default,
+         (torch.randn_like(h), torch.randn_like(coords), torch.randn_like(std), logits.detach(), beta.detach(), h,
+          coords, std, False)),
+        (ops.heatmap_softargmax_decode_backward.default,
+         (None, torch.randn_like(coords), torch.randn_like(std), logits.detach(), beta.detach(), h, coords, std,
+          False)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)  # raises on any failure
 
 
-def test_torch_compile_fullgraph():
-    fn = torch.compile(lambda l, b: heatmap_decode(heatmap_softargmax(l, b)), fullgraph=True, backend="eager")
+@path_param
+def test_torch_compile_fullgraph(path):
+    fn = torch.compile(PATHS[path], fullgraph=True, backend="eager")
     logits = torch.randn(2, 3, 16, 16)
     beta = torch.rand(3) + 0.5
-    c, s = fn(logits, beta)
-    c_ref, s_ref = heatmap_decode(heatmap_softargmax(logits, beta))
-    torch.testing.assert_close(c, c_ref)
-    torch.testing.assert_close(s, s_ref)
+    for got, want in zip(fn(logits, beta), _ref64(logits, beta)):
+        torch.testing.assert_close(got.double(), want, **F32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -167,13 +188,14 @@ def test_half_inputs_compute_in_float32(dtype):
 def test_reference_fallback_matches_kernel(monkeypatch):
     torch.manual_seed(5)
     logits = torch.randn(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
-    fused = heatmap_softargmax_decode(logits, 1.3)
+    kernels = [heatmap_softargmax_decode(logits, 1.3), _separate(logits, 1.3)]
     monkeypatch.setattr(_ext, "KERNELS", frozenset())
     _ext.warn_fallback.cache_clear()
     with pytest.warns(RuntimeWarning, match="pure-PyTorch reference"):
-        fallback = heatmap_softargmax_decode(logits, 1.3)
-    for a, b in zip(fused, fallback):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        fallbacks = [heatmap_softargmax_decode(logits, 1.3), _separate(logits, 1.3)]
+    for outs, fb in zip(kernels, fallbacks):
+        for a, b in zip(outs, fb):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -212,6 +234,10 @@ def test_raw_op_checks_name_the_argument():
         torch.ops.ldeq.heatmap_softargmax(torch.randn(2, 3, 4, 4), torch.ones(3, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="must be float32 or float64"):
         torch.ops.ldeq.heatmap_decode(torch.ones(2, 3, 4, 4, dtype=torch.int32), False)
+    with pytest.raises(RuntimeError, match="grad_heatmaps must have logits' shape"):
+        l, b = torch.randn(2, 3, 4, 4), torch.ones(3)
+        h, c, s = torch.ops.ldeq.heatmap_softargmax_decode(l, b, False)
+        torch.ops.ldeq.heatmap_softargmax_decode_backward(torch.ones(2, 3, 4, 5), c, s, l, b, h, c, s, False)
     with pytest.raises(RuntimeError, match=r"grad_coords must have shape \(2, 3, 2\)"):
         h = torch.rand(2, 3, 4, 4)
         torch.ops.ldeq.heatmap_decode_backward(torch.ones(2, 3), torch.ones(2, 3), h, torch.ones(2, 3),
