@@ -104,3 +104,15 @@ def test_save_landmarks_npy_and_csv(tmp_path):
     row2 = [float(v) for v in lines[3].split(",")]
     assert row2[0] == 2 and row2[1:] == lm[2].reshape(-1).tolist()
     assert "nan" in lines[2].lower()
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    umask = os.umask(0o022)
+    try:
+        write_video(str(tmp_path / "p.mp4"), _frames(2), 30)
+        save_landmarks(str(tmp_path / "p"), np.zeros((2, 3, 2)))
+    finally:
+        os.umask(umask)
+    for name in ("p.mp4", "p.npy", "p.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

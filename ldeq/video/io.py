@@ -102,7 +102,7 @@ class AtomicVideoWriter:
         self._w.release()
         self._w = None
         if self.n_frames:
-            os.replace(self._tmp, self.path)
+            _publish(self._tmp, self.path)
         else:
             os.unlink(self._tmp)
 
@@ -231,6 +231,14 @@ class HaarFaceDetector:
         return smooth_boxes(raw, self.smoothing_alpha, self.max_hold)
 
 
+def _publish(tmp: str, path: str) -> None:
+    # mkstemp files are private (0600); give the result the usual permissions (umask) before the move
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _atomic_save(path: str, write: Callable[[str], None], suffix: str) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -238,7 +246,7 @@ def _atomic_save(path: str, write: Callable[[str], None], suffix: str) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
