@@ -20,6 +20,13 @@
 // heatmap_decode_backward(grad_coords, grad_std, heatmaps, coords, std, official_std) -> grad_heatmaps
 //   The gradient with respect to p is separable, gp(r, c) = A(c) + R(r), so the backward is one
 //   read pass (for sum gp * p) and one write pass: grad_h = (gp - sum_j gp_j p_j) / (sum h + 1e-4).
+//
+// heatmap_softargmax_decode(logits, beta, official_std) -> (heatmaps, coords, std)
+//   Both ops in one pass per channel (the channel is decoded while in cache).
+// heatmap_softargmax_decode_backward(grad_heatmaps?, grad_coords, grad_std, logits, beta, heatmaps, coords,
+//                                    std, official_std) -> (grad_logits, grad_beta)
+//   dL/dheatmaps (the decode gradient plus grad_heatmaps when given) is formed per element and fed
+//   straight into the soft-argmax backward: reads logits and heatmaps once, writes grad_logits once.
 #pragma once
 
 #include <ATen/ATen.h>

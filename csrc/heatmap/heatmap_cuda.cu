@@ -120,6 +120,100 @@ __global__ void decode_bwd_kernel(const T* __restrict__ gcoord, const T* __restr
   }
 }
 
+// Fused forward: each thread decodes the values it just wrote (same index pattern, so no barrier is
+// needed beyond the reductions').
+template <typename T>
+__global__ void softargmax_decode_fwd_kernel(const T* __restrict__ l, const T* __restrict__ beta, int64_t beta_k,
+                                             T* __restrict__ hm, T* __restrict__ coords, T* __restrict__ stdv,
+                                             int64_t K, int64_t H, int64_t W, bool official) {
+  using acc_t = at::acc_type<T, true>;
+  const int64_t ch = blockIdx.x, n = H * W;
+  const T* x = l + ch * n;
+  T* h = hm + ch * n;
+  const T b = beta[beta_k == 1 ? 0 : ch % K];
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = x[i] > m ? x[i] : m;
+  m = block_all_max(m);
+  acc_t tot = 0, mx = 0, my = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const T v = ::exp(b * (x[i] - m));
+    h[i] = v;
+    tot += acc_t(v);
+    mx += acc_t(v) * acc_t(i % W);
+    my += acc_t(v) * acc_t(i / W);
+  }
+  tot = block_all_sum(tot);
+  mx = block_all_sum(mx);
+  my = block_all_sum(my);
+  const acc_t S = tot + acc_t(kDecodeEps);
+  const acc_t xc = mx / (S * W), yc = my / (S * H);
+  const acc_t mux = official ? xc / W : xc, muy = official ? yc / H : yc;
+  acc_t vx = 0, vy = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t v = h[i];
+    const acc_t dx = acc_t(i % W) / W - mux, dy = acc_t(i / W) / H - muy;
+    vx += v * dx * dx;
+    vy += v * dy * dy;
+  }
+  vx = block_all_sum(vx);
+  vy = block_all_sum(vy);
+  if (threadIdx.x == 0) {
+    coords[2 * ch] = T(xc);
+    coords[2 * ch + 1] = T(yc);
+    stdv[ch] = T(::sqrt(acc_t(0.5) * (vx + vy) / S));
+  }
+}
+
+// Fused backward: dL/dh = (gp - G) / S (+ grad_heatmaps) is recomputed per element, never stored.
+template <typename T>
+__global__ void softargmax_decode_bwd_kernel(const T* __restrict__ gh_in, const T* __restrict__ gcoord,
+                                             const T* __restrict__ gstd, const T* __restrict__ l,
+                                             const T* __restrict__ beta, int64_t beta_k, const T* __restrict__ hm,
+                                             const T* __restrict__ coords, const T* __restrict__ stdv,
+                                             T* __restrict__ gl, T* __restrict__ gb, int64_t K, int64_t H, int64_t W,
+                                             bool official) {
+  using acc_t = at::acc_type<T, true>;
+  const int64_t ch = blockIdx.x, n = H * W;
+  const T *h = hm + ch * n, *lc = l + ch * n, *gi = gh_in ? gh_in + ch * n : nullptr;
+  T* out = gl + ch * n;
+  const acc_t b = beta[beta_k == 1 ? 0 : ch % K];
+  const DecodeGrad<acc_t> d(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
+                            stdv[ch], H, W, official);
+  acc_t tot = 0, q = 0;
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t v = h[i];
+    tot += v;
+    q += v * (d.A0(acc_t(i % W)) + d.R0(acc_t(i / W)));
+    m = lc[i] > m ? lc[i] : m;
+  }
+  tot = block_all_sum(tot);
+  q = block_all_sum(q);
+  m = block_all_max(m);
+  const acc_t S = tot + acc_t(kDecodeEps), sum_p = tot / S;
+  const acc_t G = q / S + sum_p * (d.lx * d.x + d.ly * d.y);
+  auto grad_h = [&](int64_t i) {
+    const acc_t c = acc_t(i % W), r = acc_t(i / W);
+    const acc_t gp = d.A0(c) + d.R0(r) + sum_p * (d.lx * c * d.inv_w + d.ly * r * d.inv_h);
+    return (gp - G) / S + (gi ? acc_t(gi[i]) : acc_t(0));
+  };
+  acc_t s1 = 0, s2 = 0;
+  int ties = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t ghv = grad_h(i) * acc_t(h[i]);
+    s1 += ghv;
+    s2 += ghv * acc_t(lc[i] - m);
+    ties += lc[i] == m;
+  }
+  s1 = block_all_sum(s1);
+  s2 = block_all_sum(s2);
+  ties = block_all_sum(ties);
+  const acc_t share = ties > 0 ? b * s1 / acc_t(ties) : acc_t(0);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    out[i] = T(b * grad_h(i) * acc_t(h[i]) - (lc[i] == m ? share : acc_t(0)));
+  if (threadIdx.x == 0) gb[ch] = T(s2);
+}
+
 at::Tensor softargmax_cuda(const at::Tensor& logits, const at::Tensor& beta) {
   check_maps(logits, "logits");
   check_beta(logits, beta);
@@ -199,9 +293,67 @@ at::Tensor decode_backward_cuda(const at::Tensor& grad_coords, const at::Tensor&
   return gh;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softargmax_decode_cuda(const at::Tensor& logits, const at::Tensor& beta,
+                                                                       bool official_std) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  auto l = logits.contiguous();
+  auto b = beta.contiguous();
+  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
+  auto h = at::empty_like(l);
+  auto coords = at::empty({B, K, 2}, l.options());
+  auto stdv = at::empty({B, K}, l.options());
+  if (B * K == 0) return {h, coords, stdv};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_cuda", [&] {
+    softargmax_decode_fwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+        l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.data_ptr<scalar_t>(),
+        coords.data_ptr<scalar_t>(), stdv.data_ptr<scalar_t>(), K, H, W, official_std);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {h, coords, stdv};
+}
+
+std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cuda(
+    const std::optional<at::Tensor>& grad_heatmaps, const at::Tensor& grad_coords, const at::Tensor& grad_std,
+    const at::Tensor& logits, const at::Tensor& beta, const at::Tensor& heatmaps, const at::Tensor& coords,
+    const at::Tensor& stdv, bool official_std) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  check_same(logits, "logits", heatmaps, "heatmaps");
+  TORCH_CHECK(heatmaps.sizes() == logits.sizes(), "ldeq: heatmaps must have logits' shape ", logits.sizes());
+  check_decode_grads(heatmaps, grad_coords, grad_std, coords, stdv);
+  at::Tensor gin;
+  if (grad_heatmaps.has_value() && grad_heatmaps->defined()) {
+    check_same(logits, "logits", *grad_heatmaps, "grad_heatmaps");
+    TORCH_CHECK(grad_heatmaps->sizes() == logits.sizes(), "ldeq: grad_heatmaps must have logits' shape ",
+                logits.sizes());
+    gin = grad_heatmaps->contiguous();
+  }
+  const c10::cuda::CUDAGuard guard(logits.device());
+  auto l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
+  auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
+  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
+  auto gl = at::empty_like(l);
+  auto gb = at::empty({B, K}, l.options());
+  if (B * K == 0) return {gl, gb};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_backward_cuda", [&] {
+    softargmax_decode_bwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+        gin.defined() ? gin.data_ptr<scalar_t>() : nullptr, gc.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(),
+        l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.data_ptr<scalar_t>(), co.data_ptr<scalar_t>(),
+        sd.data_ptr<scalar_t>(), gl.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), K, H, W, official_std);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {gl, gb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ldeq, CUDA, m) {
+  m.impl("heatmap_softargmax_decode", &softargmax_decode_cuda);
+  m.impl("heatmap_softargmax_decode_backward", &softargmax_decode_backward_cuda);
   m.impl("heatmap_softargmax", &softargmax_cuda);
   m.impl("heatmap_softargmax_backward", &softargmax_backward_cuda);
   m.impl("heatmap_decode", &decode_cuda);
