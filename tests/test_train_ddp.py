@@ -65,7 +65,7 @@ def _arch_overrides(arch, tmp_path):
     return COMMON + tiny_ldeq(str(tmp_path / "synthetic"))
 
 
-@pytest.mark.parametrize("arch", ["toy", "ldeq"])
+@pytest.mark.parametrize("arch", ["ldeq"])  # "toy" works too (a smaller check of the same path)
 def test_ddp_matches_single_process(tmp_path, arch):
     overrides = _arch_overrides(arch, tmp_path)
     single, multi = str(tmp_path / "single"), str(tmp_path / "ddp")

@@ -75,7 +75,7 @@ def _cli(out, steps):
 def test_sigkill_then_resume_matches(tmp_path):
     """A real kill -9 in the middle of a run: the checkpoint on disk is intact and --resume
     continues with the same loss trajectory as an uninterrupted run."""
-    steps = 150
+    steps = 80
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     env = dict(os.environ, PYTHONPATH=REPO)
     train(toy_cfg(f"train.steps={steps}", "train.ckpt_every=5"), full, progress=False)
