@@ -75,6 +75,7 @@ def test_override_typing():
     assert parse_override("optim.lr=3e-4") == {"optim": {"lr": 3e-4}}
     assert parse_override("train.deterministic=false") == {"train": {"deterministic": False}}
     assert build_config(None, overrides=["optim.lr=1"]).optim.lr == 1.0  # int accepted for float
+    assert build_config(None, overrides=["train.amp=off"]).train.amp == "off"  # YAML reads off as False
 
 
 def test_missing_and_corrupt_file(tmp_path):
@@ -294,3 +295,12 @@ def test_batch_stream_shards_and_resume():
         next(batch_stream(ds, 5, 0, 2, 0, 0))
     with pytest.raises(ValueError, match="larger than the training set"):
         next(batch_stream(ds, 32, 0, 1, 0, 0))
+
+
+def test_batch_stream_same_with_workers():
+    ds = _RandomItems()
+    a = batch_stream(ds, 4, 0, 1, seed=9, start_step=3, num_workers=0)
+    b = batch_stream(ds, 4, 0, 1, seed=9, start_step=3, num_workers=2)
+    for _ in range(3):
+        x, y = next(a), next(b)
+        assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])

@@ -29,3 +29,18 @@ def test_small_preset_loss_falls(tmp_path):
     assert all(1 <= r["iters"] <= cfg.solver.max_iter for r in rows)
     assert all(0 <= r["residual"] < float("inf") for r in rows)
     assert summary["final_eval"]["test_nme"] < rows[0]["nme"]
+
+
+def test_wflw_dataset_option_reads_precropped_layout(tmp_path):
+    """data.dataset=wflw on a folder in the pre-cropped WFLW layout (here a synthetic export)."""
+    from ldeq.data import export_wflw_cropped
+    export_wflw_cropped(str(tmp_path / "wflw"), n_train=8, n_test=4, out_size=64, progress=False)
+    tiny = ["model.injection_width=8", "model.base_width=8", "model.width_increment=4", "solver.max_iter=2",
+            "solver.eval_max_iter=2", "train.steps=1", "train.batch_size=4", "train.eval_batch_size=4"]
+    cfg = build_config("wflw", overrides=tiny + ["model.image_size=64", f"data.root={tmp_path / 'wflw'}",
+                                                 "data.num_workers=0", "train.amp=off"])
+    s = train(cfg, str(tmp_path / "run"), progress=False)
+    assert s["steps"] == 1 and s["final_eval"]["test_nme"] > 0
+    bad = build_config("wflw", overrides=tiny + [f"data.root={tmp_path / 'missing'}"])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        train(bad, str(tmp_path / "run2"), progress=False)

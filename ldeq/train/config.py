@@ -181,6 +181,8 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{where} expects a number, got {value!r}")
         return float(value)
     if isinstance(default, str):
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on/no/yes as a bool (amp: off)
+            value = "on" if value else "off"
         if not isinstance(value, str):
             raise ConfigError(f"{where} expects a string, got {value!r}")
         return value
