@@ -139,7 +139,7 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "synthetic-small": {
         "model": {"arch": "ldeq", "injection_width": 32, "base_width": 32, "width_increment": 8,
                   "gn_groups": 1, "beta": 1.0, "image_size": 64},
-        # JFB: on CPU a step costs ~2-3x less than with the implicit backward solve, which buys more
+        # JFB: on CPU a step costs ~3x less than with the implicit backward solve (bench_train_memory), which buys more
         # steps in the demo's few minutes; solver.grad=ift works too (tested in test_train_ddp.py)
         "solver": {"name": "anderson", "max_iter": 6, "stochastic_max_iter": True, "eval_max_iter": 8,
                    "tol": 1e-2, "grad": "jfb", "backward_max_iter": 6, "backward_tol": 1e-3},
