@@ -1,6 +1,5 @@
 """``make demo`` end to end at toy scale: data generated, trained, evaluated, report written."""
 import json
-import os
 
 import pytest
 

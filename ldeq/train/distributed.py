@@ -9,7 +9,6 @@ from typing import Dict
 import torch
 import torch.distributed as dist
 from torch import nn
-import torch.nn.functional as F
 
 
 @dataclass
