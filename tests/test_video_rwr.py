@@ -67,7 +67,7 @@ def _reference(m, vids, boxes, mode, full, warm, gamma=0.0):
                 for _ in range(warm):
                     z = T(z)
                 out = T(z)
-            z_prev = z
+            z_prev = out  # the carried state is the decoded one (after the extra final step)
             seq.append(uncrop_points(m.decode(out), mats, S)[0])
         outs.append(np.stack(seq))
     return outs
