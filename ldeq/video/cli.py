@@ -138,7 +138,7 @@ def run_single(argv: List[str]) -> int:
         lm = runner.collect(model.cfg.n_keypoints)[0]
         if len(lm):
             save_landmarks(stem + "_landmarks", lm)
-    written = [stem + "_landmarks.npy", stem + "_landmarks.csv", stem + "_boxes.npy"]
+    written = ([stem + "_landmarks.npy", stem + "_landmarks.csv"] if len(lm) else []) + [stem + "_boxes.npy"]
     if writer is not None and writer.n_frames:
         written.append(stem + "_annotated.mp4")
     if filt is not None and len(lm):
