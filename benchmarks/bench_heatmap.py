@@ -51,8 +51,11 @@ def main(argv=None):
     p.add_argument("--keypoints", type=int, default=98)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--min-run-time", type=float, default=2.0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", default=None, help="write the results here too")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     torch.manual_seed(0)
     shape = (a.batch, a.keypoints, a.size, a.size)

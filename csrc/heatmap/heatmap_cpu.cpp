@@ -59,13 +59,45 @@ LDEQ_INLINE float exp_approx(float x) {
 }
 inline double exp_approx(double x) { return std::exp(x); }
 
+// Max as an integer reduction over order-preserving keys of the float bits: GCC vectorises integer
+// max reductions everywhere, but not float ones (in a target clone it fell back to scalar vmaxss).
+// A NaN sorts above +inf, so a NaN channel yields NaN and poisons its outputs as it should.
+template <typename T> struct OrderedKey;
+template <> struct OrderedKey<float> { using I = int32_t; static constexpr I kMagnitude = 0x7fffffff; };
+template <> struct OrderedKey<double> { using I = int64_t; static constexpr I kMagnitude = 0x7fffffffffffffffLL; };
+
 template <typename T>
 LDEQ_INLINE T channel_max(const T* x, int64_t n) {
-  T m = -std::numeric_limits<T>::infinity();
+  using I = typename OrderedKey<T>::I;
+  constexpr int kSign = 8 * sizeof(T) - 1;
+  I m = std::numeric_limits<I>::min();
 #pragma omp simd reduction(max : m)
-  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
-  return m;
+  for (int64_t i = 0; i < n; ++i) {
+    I bits;
+    std::memcpy(&bits, x + i, sizeof(T));
+    const I key = bits ^ ((bits >> kSign) & OrderedKey<T>::kMagnitude);  // negative floats: flip magnitude
+    m = key > m ? key : m;
+  }
+  const I bits = m ^ ((m >> kSign) & OrderedKey<T>::kMagnitude);
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
 }
+
+// Typed entry points compiled for AVX-512, AVX2 and baseline x86-64 (GCC picks one at load time),
+// so the same wheel runs everywhere and still uses the widest vectors the CPU has.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LDEQ_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LDEQ_CPU_CLONES
+#endif
+
+// The max gets clones of its own, called per channel: inlined into the larger range bodies GCC left
+// it scalar (vmaxss / cmov) while vectorising every other loop there.
+LDEQ_CPU_CLONES __attribute__((noinline)) float channel_max_f32(const float* x, int64_t n) { return channel_max(x, n); }
+LDEQ_CPU_CLONES __attribute__((noinline)) double channel_max_f64(const double* x, int64_t n) { return channel_max(x, n); }
+inline float vec_max(const float* x, int64_t n) { return channel_max_f32(x, n); }
+inline double vec_max(const double* x, int64_t n) { return channel_max_f64(x, n); }
 
 // Accumulator type: float channels sum rows in float (short, vectorised) and rows in double.
 template <typename T> struct Acc { using type = double; };
@@ -79,7 +111,7 @@ LDEQ_INLINE void softargmax_range(const T* l, const T* beta, int64_t beta_k, T* 
       const T* x = l + c * n;
       T* y = h + c * n;
       const T b = beta[beta_k == 1 ? 0 : c % K];
-      const T m = channel_max(x, n);
+      const T m = vec_max(x, n);
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(b * (x[i] - m));
     }
@@ -92,7 +124,7 @@ LDEQ_INLINE void softargmax_backward_range(const T* g, const T* l, const T* beta
       const T *gc = g + c * n, *lc = l + c * n, *hc = h + c * n;
       T* out = gl + c * n;
       const T b = beta[beta_k == 1 ? 0 : c % K];
-      const T m = channel_max(lc, n);
+      const T m = vec_max(lc, n);
       T s1 = 0, s2 = 0, ties = 0;
 #pragma omp simd reduction(+ : s1, s2, ties)
       for (int64_t i = 0; i < n; ++i) {
@@ -109,39 +141,46 @@ LDEQ_INLINE void softargmax_backward_range(const T* g, const T* l, const T* beta
     }
 }
 
-// Decode one channel (h: H*W values) into coords[0..1] and *stdv; col/row_sum/dx are scratch (W, H, W).
+// Row sums (H) and column sums (W) of one channel in one pass. Column sums accumulate vertically
+// (vector adds, no horizontal reduction); everything the decode and its gradient need follows from
+// these marginals in O(H + W).
 template <typename T>
-LDEQ_INLINE void decode_channel(const T* h, int64_t H, int64_t W, bool official, const T* col, T* row_sum, T* dx, T* coords,
-                           T* stdv) {
-  using acc_t = typename Acc<T>::type;
-  acc_t tot = 0, mx = 0, my = 0;
-  for (int64_t r = 0; r < H; ++r) {
-    const T* hr = h + r * W;
-    T s = 0, sx = 0;
-#pragma omp simd reduction(+ : s, sx)
-    for (int64_t c = 0; c < W; ++c) {
-      s += hr[c];
-      sx += hr[c] * col[c];
-    }
-    row_sum[r] = s;
-    tot += s;
-    mx += sx;
-    my += acc_t(s) * r;
-  }
-  const acc_t S = tot + kDecodeEps;
-  const acc_t x = mx / (S * W), y = my / (S * H);
-  const acc_t mux = official ? x / W : x, muy = official ? y / H : y;
-  for (int64_t c = 0; c < W; ++c) {
-    const acc_t d = acc_t(c) / W - mux;
-    dx[c] = T(d * d);
-  }
-  acc_t vx = 0, vy = 0;
+LDEQ_INLINE void channel_marginals(const T* h, int64_t H, int64_t W, T* row_sum, T* col_sum) {
+  for (int64_t c = 0; c < W; ++c) col_sum[c] = 0;
   for (int64_t r = 0; r < H; ++r) {
     const T* hr = h + r * W;
     T s = 0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t c = 0; c < W; ++c) s += hr[c] * dx[c];
-    vx += s;
+    for (int64_t c = 0; c < W; ++c) {
+      s += hr[c];
+      col_sum[c] += hr[c];
+    }
+    row_sum[r] = s;
+  }
+}
+
+// Decode one channel (h: H*W values) into coords[0..1] and *stdv; row_sum/col_sum are scratch (H, W).
+// The variances are centred sums over the marginals (no E[c^2] - E[c]^2 cancellation).
+template <typename T>
+LDEQ_INLINE void decode_channel(const T* h, int64_t H, int64_t W, bool official, T* row_sum, T* col_sum, T* coords,
+                                T* stdv) {
+  using acc_t = typename Acc<T>::type;
+  channel_marginals(h, H, W, row_sum, col_sum);
+  acc_t tot = 0, mx = 0, my = 0;
+  for (int64_t r = 0; r < H; ++r) {
+    tot += row_sum[r];
+    my += acc_t(row_sum[r]) * r;
+  }
+  for (int64_t c = 0; c < W; ++c) mx += acc_t(col_sum[c]) * c;
+  const acc_t S = tot + kDecodeEps;
+  const acc_t x = mx / (S * W), y = my / (S * H);
+  const acc_t mux = official ? x / W : x, muy = official ? y / H : y;
+  acc_t vx = 0, vy = 0;
+  for (int64_t c = 0; c < W; ++c) {
+    const acc_t d = acc_t(c) / W - mux;
+    vx += acc_t(col_sum[c]) * d * d;
+  }
+  for (int64_t r = 0; r < H; ++r) {
     const acc_t d = acc_t(r) / H - muy;
     vy += acc_t(row_sum[r]) * d * d;
   }
@@ -152,10 +191,8 @@ LDEQ_INLINE void decode_channel(const T* h, int64_t H, int64_t W, bool official,
 
 template <typename T>
 struct DecodeScratch {
-  std::vector<T> col, row_sum, dx;
-  DecodeScratch(int64_t H, int64_t W) : col(W), row_sum(H), dx(W) {
-    for (int64_t c = 0; c < W; ++c) col[c] = T(c);
-  }
+  std::vector<T> row_sum, col_sum;
+  DecodeScratch(int64_t H, int64_t W) : row_sum(H), col_sum(W) {}
 };
 
 template <typename T>
@@ -163,8 +200,7 @@ LDEQ_INLINE void decode_range(const T* hm, T* coords, T* stdv, int64_t H, int64_
                          int64_t end) {
   DecodeScratch<T> sc(H, W);
   for (int64_t ch = begin; ch < end; ++ch)
-    decode_channel(hm + ch * H * W, H, W, official, sc.col.data(), sc.row_sum.data(), sc.dx.data(), coords + 2 * ch,
-                   stdv + ch);
+    decode_channel(hm + ch * H * W, H, W, official, sc.row_sum.data(), sc.col_sum.data(), coords + 2 * ch, stdv + ch);
 }
 
 // Fused forward: the channel's heatmap is decoded while it is still in cache.
@@ -175,47 +211,46 @@ LDEQ_INLINE void softargmax_decode_range(const T* l, const T* beta, int64_t beta
   const int64_t n = H * W;
   for (int64_t ch = begin; ch < end; ++ch) {
     softargmax_range(l, beta, beta_k, h, K, n, ch, ch + 1);
-    decode_channel(h + ch * n, H, W, official, sc.col.data(), sc.row_sum.data(), sc.dx.data(), coords + 2 * ch,
-                   stdv + ch);
+    decode_channel(h + ch * n, H, W, official, sc.row_sum.data(), sc.col_sum.data(), coords + 2 * ch, stdv + ch);
   }
 }
 
 // The decode gradient of one channel as a separable field: dL/dh(r, c) = a[c] + rv[r].
+// row_sum/col_sum are scratch (H, W).
 template <typename T>
-LDEQ_INLINE void decode_grad_field(const T* h, const T* gcoord, const T* gstd, const T* coords, const T* stdv, int64_t H,
-                              int64_t W, bool official, T* a, T* rv) {
+LDEQ_INLINE void decode_grad_field(const T* h, const T* gcoord, const T* gstd, const T* coords, const T* stdv,
+                                   int64_t H, int64_t W, bool official, T* a, T* rv, T* row_sum, T* col_sum) {
   using acc_t = typename Acc<T>::type;
   const DecodeGrad<acc_t> d(gcoord[0], gcoord[1], *gstd, coords[0], coords[1], *stdv, H, W, official);
-  for (int64_t c = 0; c < W; ++c) a[c] = T(d.A0(acc_t(c)));
-  for (int64_t r = 0; r < H; ++r) rv[r] = T(d.R0(acc_t(r)));
-  acc_t tot = 0, q = 0;  // T = sum h and sum h * (A0 + R0)
+  channel_marginals(h, H, W, row_sum, col_sum);
+  acc_t tot = 0, q = 0;  // T = sum h and sum h * (A0 + R0), from the marginals
+  for (int64_t c = 0; c < W; ++c) {
+    const acc_t a0 = d.A0(acc_t(c));
+    a[c] = T(a0);
+    q += acc_t(col_sum[c]) * a0;
+  }
   for (int64_t r = 0; r < H; ++r) {
-    const T* hr = h + r * W;
-    T s = 0, sa = 0;
-#pragma omp simd reduction(+ : s, sa)
-    for (int64_t c = 0; c < W; ++c) {
-      s += hr[c];
-      sa += hr[c] * a[c];
-    }
-    tot += s;
-    q += acc_t(sa) + acc_t(rv[r]) * s;
+    const acc_t r0 = d.R0(acc_t(r));
+    rv[r] = T(r0);
+    tot += row_sum[r];
+    q += acc_t(row_sum[r]) * r0;
   }
   const acc_t S = tot + kDecodeEps, sum_p = tot / S;
   // G = sum gp p, with sum h cx = x S and sum h cy = y S.
   const acc_t G = q / S + sum_p * (d.lx * d.x + d.ly * d.y);
   const acc_t inv_s = 1 / S;
-  const T ax = T(sum_p * d.lx * d.inv_w * inv_s), ay = T(sum_p * d.ly * d.inv_h * inv_s);
-  for (int64_t c = 0; c < W; ++c) a[c] = T((acc_t(a[c]) - G) * inv_s) + ax * T(c);
-  for (int64_t r = 0; r < H; ++r) rv[r] = T(acc_t(rv[r]) * inv_s) + ay * T(r);
+  const acc_t ax = sum_p * d.lx * d.inv_w * inv_s, ay = sum_p * d.ly * d.inv_h * inv_s;
+  for (int64_t c = 0; c < W; ++c) a[c] = T((acc_t(a[c]) - G) * inv_s + ax * c);
+  for (int64_t r = 0; r < H; ++r) rv[r] = T(acc_t(rv[r]) * inv_s + ay * r);
 }
 
 template <typename T>
 LDEQ_INLINE void decode_backward_range(const T* gcoord, const T* gstd, const T* hm, const T* coords, const T* stdv, T* gh,
                                   int64_t H, int64_t W, bool official, int64_t begin, int64_t end) {
-  std::vector<T> a(W), rv(H);
+  std::vector<T> a(W), rv(H), row_sum(H), col_sum(W);
   for (int64_t ch = begin; ch < end; ++ch) {
     decode_grad_field(hm + ch * H * W, gcoord + 2 * ch, gstd + ch, coords + 2 * ch, stdv + ch, H, W, official,
-                      a.data(), rv.data());
+                      a.data(), rv.data(), row_sum.data(), col_sum.data());
     for (int64_t r = 0; r < H; ++r) {
       T* o = gh + ch * H * W + r * W;
       const T rr = rv[r];
@@ -232,40 +267,43 @@ LDEQ_INLINE void softargmax_decode_backward_range(const T* gh_in, const T* gcoor
                                              const T* beta, int64_t beta_k, const T* hm, const T* coords,
                                              const T* stdv, T* gl, T* gb, int64_t K, int64_t H, int64_t W,
                                              bool official, int64_t begin, int64_t end) {
-  std::vector<T> a(W), rv(H);
+  std::vector<T> a(W), rv(H), row_sum(H), col_sum(W), acc1(W), acc2(W), acct(W);
   const int64_t n = H * W;
   for (int64_t ch = begin; ch < end; ++ch) {
     const T *h = hm + ch * n, *lc = l + ch * n, *gi = gh_in ? gh_in + ch * n : nullptr;
     T* out = gl + ch * n;
     const T b = beta[beta_k == 1 ? 0 : ch % K];
     decode_grad_field(h, gcoord + 2 * ch, gstd + ch, coords + 2 * ch, stdv + ch, H, W, official, a.data(),
-                      rv.data());
-    const T m = channel_max(lc, n);
-    T s1 = 0, s2 = 0, ties = 0;
+                      rv.data(), row_sum.data(), col_sum.data());
+    const T m = vec_max(lc, n);
+    // Column accumulators again: vector adds per row, one horizontal sum per channel at the end.
+    for (int64_t c = 0; c < W; ++c) acc1[c] = acc2[c] = acct[c] = 0;
     for (int64_t r = 0; r < H; ++r) {
       const T *hr = h + r * W, *lr = lc + r * W, rr = rv[r];
-      T r1 = 0, r2 = 0, rt = 0;
       if (gi) {
         const T* gr = gi + r * W;
-#pragma omp simd reduction(+ : r1, r2, rt)
+#pragma omp simd
         for (int64_t c = 0; c < W; ++c) {
           const T ghv = (a[c] + rr + gr[c]) * hr[c];
-          r1 += ghv;
-          r2 += ghv * (lr[c] - m);
-          rt += T(lr[c] == m);
+          acc1[c] += ghv;
+          acc2[c] += ghv * (lr[c] - m);
+          acct[c] += T(lr[c] == m);
         }
       } else {
-#pragma omp simd reduction(+ : r1, r2, rt)
+#pragma omp simd
         for (int64_t c = 0; c < W; ++c) {
           const T ghv = (a[c] + rr) * hr[c];
-          r1 += ghv;
-          r2 += ghv * (lr[c] - m);
-          rt += T(lr[c] == m);
+          acc1[c] += ghv;
+          acc2[c] += ghv * (lr[c] - m);
+          acct[c] += T(lr[c] == m);
         }
       }
-      s1 += r1;
-      s2 += r2;
-      ties += rt;
+    }
+    T s1 = 0, s2 = 0, ties = 0;
+    for (int64_t c = 0; c < W; ++c) {
+      s1 += acc1[c];
+      s2 += acc2[c];
+      ties += acct[c];
     }
     gb[ch] = s2;
     const T share = b * s1 / ties;
@@ -284,13 +322,6 @@ LDEQ_INLINE void softargmax_decode_backward_range(const T* gh_in, const T* gcoor
   }
 }
 
-// Typed entry points compiled for AVX-512, AVX2 and baseline x86-64 (GCC picks one at load time),
-// so the same wheel runs everywhere and still uses the widest vectors the CPU has.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LDEQ_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LDEQ_CPU_CLONES
-#endif
 
 #define LDEQ_TYPED_RANGES(T, SUF)                                                                                  \
   LDEQ_CPU_CLONES void softargmax_range_##SUF(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K,         \
