@@ -5,7 +5,9 @@ import pytest
 from ldeq.video.synthetic import write_wflwv_root
 from ldeq.video.wflwv import WFLWV, download_ranges, split_ids
 
-REF = "/work/shared/reference/wflw_v"
+from _paths import REFERENCE
+
+REF = str(REFERENCE / "wflw_v")
 
 
 def test_official_split_lists():

@@ -6,30 +6,14 @@ import glob
 import os
 import random
 import re
-import tempfile
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
+from ldeq.model.checkpoint import atomic_torch_save  # one atomic writer for every checkpoint
+
 LAST = "last.pt"
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """torch.save to a temp file in the same folder, fsync, then os.replace onto ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def capture_rng() -> Dict[str, Any]:
