@@ -171,5 +171,33 @@ def main(argv=None):
     return 0
 
 
+# pytest-benchmark entry points (`make bench`): B=8, same problem and budget as main(), ours and
+# TorchDEQ's side by side (pytest-benchmark's table gives the ratio of the means).
+import pytest  # noqa: E402
+
+
+def _problem(B=8):
+    torch.manual_seed(0)
+    x = torch.randn(B, 98, 64, 64)
+    return (lambda z: torch.tanh(torch.add(x, z, alpha=0.5))), torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden"])
+def test_ldeq_solver(benchmark, solver):
+    f, z0 = _problem()
+    fn = {"anderson": lambda: S.anderson(f, z0, m=6, lam=1e-4, max_iter=20, tol=0, stop_mode="abs"),
+          "broyden": lambda: S.broyden(f, z0, max_iter=20, tol=0, stop_mode="abs")}[solver]
+    benchmark(fn)
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden"])
+def test_torchdeq_solver(benchmark, solver):
+    from torchdeq.solver import anderson_solver, broyden_solver
+    f, z0 = _problem()
+    fn = {"anderson": lambda: anderson_solver(f, z0, m=6, lam=1e-4, max_iter=20, tol=0, stop_mode="abs"),
+          "broyden": lambda: broyden_solver(f, z0, max_iter=19, tol=0, stop_mode="abs")}[solver]
+    benchmark(fn)
+
+
 if __name__ == "__main__":
     sys.exit(main())
