@@ -31,6 +31,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #ifdef __CUDACC__
 #define LDEQ_HD __host__ __device__
 #else
@@ -73,6 +75,32 @@ inline void check_decode_grads(const at::Tensor& heatmaps, const at::Tensor& gra
   check_same(heatmaps, "heatmaps", grad_std, "grad_std");
   check_same(heatmaps, "heatmaps", coords, "coords");
   check_same(heatmaps, "heatmaps", std, "std");
+}
+
+inline void check_softargmax_backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& beta,
+                                      const at::Tensor& heatmaps) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  check_same(logits, "logits", grad, "grad_heatmaps");
+  check_same(logits, "logits", heatmaps, "heatmaps");
+  TORCH_CHECK(grad.sizes() == logits.sizes() && heatmaps.sizes() == logits.sizes(),
+              "ldeq: grad_heatmaps and heatmaps must have logits' shape ", logits.sizes());
+}
+
+// Checks of the fused backward; returns grad_heatmaps made contiguous, or an undefined tensor when absent.
+inline at::Tensor check_fused_backward(const std::optional<at::Tensor>& grad_heatmaps, const at::Tensor& grad_coords,
+                                       const at::Tensor& grad_std, const at::Tensor& logits, const at::Tensor& beta,
+                                       const at::Tensor& heatmaps, const at::Tensor& coords, const at::Tensor& std) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  check_same(logits, "logits", heatmaps, "heatmaps");
+  TORCH_CHECK(heatmaps.sizes() == logits.sizes(), "ldeq: heatmaps must have logits' shape ", logits.sizes());
+  check_decode_grads(heatmaps, grad_coords, grad_std, coords, std);
+  if (!grad_heatmaps.has_value() || !grad_heatmaps->defined()) return at::Tensor();
+  check_same(logits, "logits", *grad_heatmaps, "grad_heatmaps");
+  TORCH_CHECK(grad_heatmaps->sizes() == logits.sizes(), "ldeq: grad_heatmaps must have logits' shape ",
+              logits.sizes());
+  return grad_heatmaps->contiguous();
 }
 
 // Per-channel constants of the decode backward. With cx = c / W and cy = r / H:

@@ -391,12 +391,7 @@ at::Tensor softargmax_cpu(const at::Tensor& logits, const at::Tensor& beta) {
 
 std::tuple<at::Tensor, at::Tensor> softargmax_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
                                                            const at::Tensor& beta, const at::Tensor& heatmaps) {
-  check_maps(logits, "logits");
-  check_beta(logits, beta);
-  check_same(logits, "logits", grad, "grad_heatmaps");
-  check_same(logits, "logits", heatmaps, "heatmaps");
-  TORCH_CHECK(grad.sizes() == logits.sizes() && heatmaps.sizes() == logits.sizes(),
-              "ldeq: grad_heatmaps and heatmaps must have logits' shape ", logits.sizes());
+  check_softargmax_backward(grad, logits, beta, heatmaps);
   auto g = grad.contiguous(), l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
   const int64_t B = l.size(0), K = l.size(1), n = l.size(2) * l.size(3);
   auto gl = at::empty_like(l);
@@ -473,18 +468,7 @@ std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cpu(
     const std::optional<at::Tensor>& grad_heatmaps, const at::Tensor& grad_coords, const at::Tensor& grad_std,
     const at::Tensor& logits, const at::Tensor& beta, const at::Tensor& heatmaps, const at::Tensor& coords,
     const at::Tensor& stdv, bool official_std) {
-  check_maps(logits, "logits");
-  check_beta(logits, beta);
-  check_same(logits, "logits", heatmaps, "heatmaps");
-  TORCH_CHECK(heatmaps.sizes() == logits.sizes(), "ldeq: heatmaps must have logits' shape ", logits.sizes());
-  check_decode_grads(heatmaps, grad_coords, grad_std, coords, stdv);
-  at::Tensor gin;
-  if (grad_heatmaps.has_value() && grad_heatmaps->defined()) {
-    check_same(logits, "logits", *grad_heatmaps, "grad_heatmaps");
-    TORCH_CHECK(grad_heatmaps->sizes() == logits.sizes(), "ldeq: grad_heatmaps must have logits' shape ",
-                logits.sizes());
-    gin = grad_heatmaps->contiguous();
-  }
+  const at::Tensor gin = check_fused_backward(grad_heatmaps, grad_coords, grad_std, logits, beta, heatmaps, coords, stdv);
   auto l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
   auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
   const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);

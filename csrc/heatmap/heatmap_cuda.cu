@@ -16,6 +16,35 @@ namespace ldeq {
 namespace heatmap {
 namespace {
 
+// Ends a decode once every thread holds its share of sum h, sum h * col and sum h * row over the
+// channel h (H*W values): block sums, then the centred variance pass, then one thread writes
+// coords[0..1] and *stdv.
+template <typename T, typename acc_t>
+__device__ __forceinline__ void block_decode_finish(const T* __restrict__ h, int64_t H, int64_t W, bool official,
+                                                    acc_t tot, acc_t mx, acc_t my, T* coords, T* stdv) {
+  const int64_t n = H * W;
+  tot = block_all_sum(tot);
+  mx = block_all_sum(mx);
+  my = block_all_sum(my);
+  const acc_t S = tot + acc_t(kDecodeEps);
+  const acc_t x = mx / (S * W), y = my / (S * H);
+  const acc_t mux = official ? x / W : x, muy = official ? y / H : y;
+  acc_t vx = 0, vy = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t v = h[i];
+    const acc_t dx = acc_t(i % W) / W - mux, dy = acc_t(i / W) / H - muy;
+    vx += v * dx * dx;
+    vy += v * dy * dy;
+  }
+  vx = block_all_sum(vx);
+  vy = block_all_sum(vy);
+  if (threadIdx.x == 0) {
+    coords[0] = T(x);
+    coords[1] = T(y);
+    *stdv = T(::sqrt(acc_t(0.5) * (vx + vy) / S));
+  }
+}
+
 template <typename T>
 __global__ void softargmax_fwd_kernel(const T* __restrict__ l, const T* __restrict__ beta, int64_t beta_k,
                                       T* __restrict__ h, int64_t K, int64_t n) {
@@ -71,26 +100,7 @@ __global__ void decode_fwd_kernel(const T* __restrict__ hm, T* __restrict__ coor
     mx += v * acc_t(i % W);
     my += v * acc_t(i / W);
   }
-  tot = block_all_sum(tot);
-  mx = block_all_sum(mx);
-  my = block_all_sum(my);
-  const acc_t S = tot + acc_t(kDecodeEps);
-  const acc_t x = mx / (S * W), y = my / (S * H);
-  const acc_t mux = official ? x / W : x, muy = official ? y / H : y;
-  acc_t vx = 0, vy = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t v = h[i];
-    const acc_t dx = acc_t(i % W) / W - mux, dy = acc_t(i / W) / H - muy;
-    vx += v * dx * dx;
-    vy += v * dy * dy;
-  }
-  vx = block_all_sum(vx);
-  vy = block_all_sum(vy);
-  if (threadIdx.x == 0) {
-    coords[2 * ch] = T(x);
-    coords[2 * ch + 1] = T(y);
-    stdv[ch] = T(::sqrt(acc_t(0.5) * (vx + vy) / S));
-  }
+  block_decode_finish(h, H, W, official, tot, mx, my, coords + 2 * ch, stdv + ch);
 }
 
 template <typename T>
@@ -142,26 +152,7 @@ __global__ void softargmax_decode_fwd_kernel(const T* __restrict__ l, const T* _
     mx += acc_t(v) * acc_t(i % W);
     my += acc_t(v) * acc_t(i / W);
   }
-  tot = block_all_sum(tot);
-  mx = block_all_sum(mx);
-  my = block_all_sum(my);
-  const acc_t S = tot + acc_t(kDecodeEps);
-  const acc_t xc = mx / (S * W), yc = my / (S * H);
-  const acc_t mux = official ? xc / W : xc, muy = official ? yc / H : yc;
-  acc_t vx = 0, vy = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t v = h[i];
-    const acc_t dx = acc_t(i % W) / W - mux, dy = acc_t(i / W) / H - muy;
-    vx += v * dx * dx;
-    vy += v * dy * dy;
-  }
-  vx = block_all_sum(vx);
-  vy = block_all_sum(vy);
-  if (threadIdx.x == 0) {
-    coords[2 * ch] = T(xc);
-    coords[2 * ch + 1] = T(yc);
-    stdv[ch] = T(::sqrt(acc_t(0.5) * (vx + vy) / S));
-  }
+  block_decode_finish(h, H, W, official, tot, mx, my, coords + 2 * ch, stdv + ch);
 }
 
 // Fused backward: dL/dh = (gp - G) / S (+ grad_heatmaps) is recomputed per element, never stored.
@@ -234,12 +225,7 @@ at::Tensor softargmax_cuda(const at::Tensor& logits, const at::Tensor& beta) {
 
 std::tuple<at::Tensor, at::Tensor> softargmax_backward_cuda(const at::Tensor& grad, const at::Tensor& logits,
                                                             const at::Tensor& beta, const at::Tensor& heatmaps) {
-  check_maps(logits, "logits");
-  check_beta(logits, beta);
-  check_same(logits, "logits", grad, "grad_heatmaps");
-  check_same(logits, "logits", heatmaps, "heatmaps");
-  TORCH_CHECK(grad.sizes() == logits.sizes() && heatmaps.sizes() == logits.sizes(),
-              "ldeq: grad_heatmaps and heatmaps must have logits' shape ", logits.sizes());
+  check_softargmax_backward(grad, logits, beta, heatmaps);
   const c10::cuda::CUDAGuard guard(logits.device());
   auto g = grad.contiguous(), l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
   const int64_t B = l.size(0), K = l.size(1), n = l.size(2) * l.size(3);
@@ -319,18 +305,7 @@ std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cuda(
     const std::optional<at::Tensor>& grad_heatmaps, const at::Tensor& grad_coords, const at::Tensor& grad_std,
     const at::Tensor& logits, const at::Tensor& beta, const at::Tensor& heatmaps, const at::Tensor& coords,
     const at::Tensor& stdv, bool official_std) {
-  check_maps(logits, "logits");
-  check_beta(logits, beta);
-  check_same(logits, "logits", heatmaps, "heatmaps");
-  TORCH_CHECK(heatmaps.sizes() == logits.sizes(), "ldeq: heatmaps must have logits' shape ", logits.sizes());
-  check_decode_grads(heatmaps, grad_coords, grad_std, coords, stdv);
-  at::Tensor gin;
-  if (grad_heatmaps.has_value() && grad_heatmaps->defined()) {
-    check_same(logits, "logits", *grad_heatmaps, "grad_heatmaps");
-    TORCH_CHECK(grad_heatmaps->sizes() == logits.sizes(), "ldeq: grad_heatmaps must have logits' shape ",
-                logits.sizes());
-    gin = grad_heatmaps->contiguous();
-  }
+  const at::Tensor gin = check_fused_backward(grad_heatmaps, grad_coords, grad_std, logits, beta, heatmaps, coords, stdv);
   const c10::cuda::CUDAGuard guard(logits.device());
   auto l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
   auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
