@@ -147,7 +147,7 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
                  "augment": True, "num_workers": 0},
         "optim": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 30,
                   "grad_clip": 1.0, "ema_decay": 0.99},
-        "train": {"steps": 600, "batch_size": 8, "eval_batch_size": 25, "eval_every": 0,
+        "train": {"steps": 4000, "batch_size": 8, "eval_batch_size": 25, "eval_every": 0,
                   "ckpt_every": 100, "log_every": 5, "loss": "l1", "amp": "off", "threads": 2},
     },
 }
