@@ -89,6 +89,10 @@ def _worker(rank, world, init_file, out_file):
         assert stats.backward.ok, "backward solve failed in a DDP rank"
         if rank == 0:
             torch.save(_grads(net), out_file)
+        # Both ranks reach this point before either tears gloo down: destroying the group while the
+        # peer still has traffic in flight aborted the peer ("terminate called without an active
+        # exception", seen once in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -52,6 +52,7 @@ def init_distributed(device_pref: str = "auto") -> DistContext:
 
 def cleanup(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
+        dist.barrier()  # no rank tears gloo down while a peer still has traffic in flight
         dist.destroy_process_group()
 
 
