@@ -13,3 +13,44 @@
 //       be one of the n mixed slots; every read of an element precedes its write).
 // Inactive samples (active[b] == false) are not read or written. Reductions accumulate in f64.
 #pragma once
+
+#include "solver_common.h"
+
+namespace ldeq {
+
+// Argument checks shared by the CPU and CUDA kernels (one place, so the backends cannot drift).
+inline void check_anderson_update(const at::Tensor& X, const at::Tensor& G, const at::Tensor& fz, const at::Tensor& H,
+                                  int64_t slot, int64_t n, const at::Tensor& active) {
+  check_history(X, "X", fz);
+  check_history(G, "G", fz);
+  const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
+  TORCH_CHECK(G.sizes() == X.sizes(), "G must have the shape of X ", X.sizes(), ", got ", G.sizes());
+  check_state(fz, "fz", B, d, X);
+  check_f64(H, "H", {B, m, m}, X);
+  check_active(active, B, X);
+  TORCH_CHECK(0 <= slot && slot < m && 1 <= n && n <= m && slot < n, "anderson_update: need 0 <= slot < n <= m, got slot=",
+              slot, " n=", n, " m=", m);
+}
+
+inline void check_anderson_solve(const at::Tensor& H, int64_t n, double lam, int64_t newest) {
+  TORCH_CHECK(H.dim() == 3 && H.size(1) == H.size(2) && H.scalar_type() == at::kDouble && H.is_contiguous(),
+              "H must be a contiguous (B, m, m) float64 tensor, got ", H.sizes(), " ", H.scalar_type());
+  const int64_t m = H.size(1);
+  TORCH_CHECK(1 <= n && n <= m && 0 <= newest && newest < n, "anderson_solve: need 1 <= n <= m and 0 <= newest < n, got n=",
+              n, " m=", m, " newest=", newest);
+  TORCH_CHECK(lam >= 0, "anderson_solve: lam must be >= 0, got ", lam);
+}
+
+inline void check_anderson_mix(const at::Tensor& X, const at::Tensor& G, const at::Tensor& alpha, int64_t slot,
+                               int64_t n, const at::Tensor& active) {
+  check_history(X, "X", X);
+  check_history(G, "G", X);
+  const int64_t m = X.size(0), B = X.size(1);
+  TORCH_CHECK(G.sizes() == X.sizes(), "G must have the shape of X ", X.sizes(), ", got ", G.sizes());
+  check_f64(alpha, "alpha", {B, n}, X);
+  check_active(active, B, X);
+  TORCH_CHECK(0 <= slot && slot < m && 1 <= n && n <= m, "anderson_mix: need 0 <= slot < m and 1 <= n <= m, got slot=",
+              slot, " n=", n, " m=", m);
+}
+
+}  // namespace ldeq

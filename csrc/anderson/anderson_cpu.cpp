@@ -60,15 +60,8 @@ void update_kernel(at::Tensor& X, at::Tensor& G, const at::Tensor& fz, int64_t s
 std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(at::Tensor X, at::Tensor G, const at::Tensor& fz,
                                                        at::Tensor H, int64_t slot, int64_t n,
                                                        const at::Tensor& active) {
-  check_history(X, "X", fz);
-  check_history(G, "G", fz);
+  check_anderson_update(X, G, fz, H, slot, n, active);
   const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
-  TORCH_CHECK(G.sizes() == X.sizes(), "G must have the shape of X ", X.sizes(), ", got ", G.sizes());
-  check_state(fz, "fz", B, d, X);
-  check_f64(H, "H", {B, m, m}, X);
-  check_active(active, B, X);
-  TORCH_CHECK(0 <= slot && slot < m && 1 <= n && n <= m && slot < n, "anderson_update: need 0 <= slot < n <= m, got slot=",
-              slot, " n=", n, " m=", m);
   const int64_t nchunks = (d + kChunk - 1) / kChunk;
   const int64_t nout = n + 1;  // n Gram entries, then ||fz||^2 (||g||^2 is the slot entry)
   std::vector<double> partial(B * nchunks * nout, 0.0);
@@ -96,12 +89,8 @@ std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(at::Tensor X, at::Tensor 
 }
 
 std::tuple<at::Tensor, at::Tensor> anderson_solve_cpu(const at::Tensor& H, int64_t n, double lam, int64_t newest) {
-  TORCH_CHECK(H.dim() == 3 && H.size(1) == H.size(2) && H.scalar_type() == at::kDouble && H.is_contiguous(),
-              "H must be a contiguous (B, m, m) float64 tensor, got ", H.sizes(), " ", H.scalar_type());
+  check_anderson_solve(H, n, lam, newest);
   const int64_t B = H.size(0), m = H.size(1);
-  TORCH_CHECK(1 <= n && n <= m && 0 <= newest && newest < n, "anderson_solve: need 1 <= n <= m and 0 <= newest < n, got n=",
-              n, " m=", m, " newest=", newest);
-  TORCH_CHECK(lam >= 0, "anderson_solve: lam must be >= 0, got ", lam);
   auto alpha = at::empty({B, n}, H.options());
   auto fallback = at::empty({B}, H.options().dtype(at::kBool));
   const double* Hp = H.data_ptr<double>();
@@ -154,14 +143,8 @@ void mix_kernel(at::Tensor& X, const at::Tensor& G, const double* ap, double bet
 
 void anderson_mix_cpu(at::Tensor X, const at::Tensor& G, const at::Tensor& alpha, double beta, int64_t slot,
                       int64_t n, const at::Tensor& active) {
-  check_history(X, "X", X);
-  check_history(G, "G", X);
+  check_anderson_mix(X, G, alpha, slot, n, active);
   const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
-  TORCH_CHECK(G.sizes() == X.sizes(), "G must have the shape of X ", X.sizes(), ", got ", G.sizes());
-  check_f64(alpha, "alpha", {B, n}, X);
-  check_active(active, B, X);
-  TORCH_CHECK(0 <= slot && slot < m && 1 <= n && n <= m, "anderson_mix: need 0 <= slot < m and 1 <= n <= m, got slot=",
-              slot, " n=", n, " m=", m);
   const int64_t nchunks = (d + kChunk - 1) / kChunk;
   const bool* act = active.data_ptr<bool>();
   const double* ap = alpha.data_ptr<double>();

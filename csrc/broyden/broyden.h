@@ -17,3 +17,19 @@
 //       old column being evicted from the ring).
 // Inactive samples are not read or written. Reductions accumulate in f64.
 #pragma once
+
+#include "solver_common.h"
+
+namespace ldeq {
+
+// Shared by the CPU and CUDA kernels.
+inline void check_factors(const at::Tensor& U, const at::Tensor& V, const at::Tensor& like, int64_t n) {
+  check_history(U, "U", like);
+  check_history(V, "V", like);
+  TORCH_CHECK(U.sizes() == V.sizes(), "U and V must have the same shape, got ", U.sizes(), " and ", V.sizes());
+  TORCH_CHECK(U.size(1) == like.size(0) && U.size(2) == like.size(1), "U, V must have shape (L, B=", like.size(0),
+              ", d=", like.size(1), "), got ", U.sizes());
+  TORCH_CHECK(0 <= n && n <= U.size(0), "n must be in [0, L=", U.size(0), "], got ", n);
+}
+
+}  // namespace ldeq

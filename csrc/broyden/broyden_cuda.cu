@@ -15,15 +15,6 @@
 namespace ldeq {
 namespace {
 
-void check_factors(const at::Tensor& U, const at::Tensor& V, const at::Tensor& like, int64_t n) {
-  check_history(U, "U", like);
-  check_history(V, "V", like);
-  TORCH_CHECK(U.sizes() == V.sizes(), "U and V must have the same shape, got ", U.sizes(), " and ", V.sizes());
-  TORCH_CHECK(U.size(1) == like.size(0) && U.size(2) == like.size(1), "U, V must have shape (L, B=", like.size(0),
-              ", d=", like.size(1), "), got ", U.sizes());
-  TORCH_CHECK(0 <= n && n <= U.size(0), "n must be in [0, L=", U.size(0), "], got ", n);
-}
-
 // out (B, 3n + 4) = [a | b | c | dx.dg, dx.g, g.g, fz.fz]
 template <typename scalar_t>
 __global__ void pass1_kernel(const scalar_t* __restrict__ U, const scalar_t* __restrict__ V,
