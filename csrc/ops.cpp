@@ -16,6 +16,10 @@ TORCH_LIBRARY(ldeq, m) {
   m.def("heatmap_softargmax_decode_backward(Tensor? grad_heatmaps, Tensor grad_coords, Tensor grad_std, "
         "Tensor logits, Tensor beta, Tensor heatmaps, Tensor coords, Tensor std, bool official_std=False) "
         "-> (Tensor, Tensor)");
+  // Coordinates only: heatmaps are never stored (the backward recomputes them per channel).
+  m.def("heatmap_softargmax_coords(Tensor logits, Tensor beta, bool official_std=False) -> (Tensor, Tensor)");
+  m.def("heatmap_softargmax_coords_backward(Tensor grad_coords, Tensor grad_std, Tensor logits, Tensor beta, "
+        "Tensor coords, Tensor std, bool official_std=False) -> (Tensor, Tensor)");
 
   // ---- solvers (csrc/anderson, csrc/broyden) --------------------------------------------
   // Anderson (csrc/anderson/anderson.h): history X, G (m, B, d), Gram H (B, m, m) float64.

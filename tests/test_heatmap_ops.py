@@ -8,7 +8,7 @@ import torch
 from ldeq import _ext
 from ldeq.ops import _reference as ref
 from ldeq.ops import heatmap as hm
-from ldeq.ops import heatmap_decode, heatmap_softargmax, heatmap_softargmax_decode
+from ldeq.ops import heatmap_decode, heatmap_softargmax, heatmap_softargmax_coords, heatmap_softargmax_decode
 
 pytestmark = pytest.mark.skipif(not _ext.has_kernel("heatmap_softargmax", "cpu"),
                                 reason="ldeq._C CPU kernels not built")
@@ -23,7 +23,13 @@ def _separate(logits, beta, official_std=False):
 
 
 # Every forward/backward test runs through both public paths: the single fused op and the two ops.
-PATHS = {"fused": heatmap_softargmax_decode, "separate": _separate}
+def _coords_op(logits, beta, official_std=False):
+    # coordinates from the no-heatmap op; heatmaps from heatmap_softargmax, so gradients of all
+    # three outputs still flow (through both ops)
+    return (heatmap_softargmax(logits, beta),) + heatmap_softargmax_coords(logits, beta, official_std)
+
+
+PATHS = {"fused": heatmap_softargmax_decode, "separate": _separate, "coords": _coords_op}
 path_param = pytest.mark.parametrize("path", sorted(PATHS))
 
 
@@ -162,6 +168,10 @@ def test_opcheck_all_ops():
         (ops.heatmap_softargmax_decode_backward.default,
          (None, torch.randn_like(coords), torch.randn_like(std), logits.detach(), beta.detach(), h, coords, std,
           False)),
+        (ops.heatmap_softargmax_coords.default, (logits, beta, False)),
+        (ops.heatmap_softargmax_coords.default, (logits, beta, True)),
+        (ops.heatmap_softargmax_coords_backward.default,
+         (torch.randn_like(coords), torch.randn_like(std), logits.detach(), beta.detach(), coords, std, False)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)  # raises on any failure
@@ -188,11 +198,11 @@ def test_half_inputs_compute_in_float32(dtype):
 def test_reference_fallback_matches_kernel(monkeypatch):
     torch.manual_seed(5)
     logits = torch.randn(2, 3, 9, 11, dtype=torch.float64, requires_grad=True)
-    kernels = [heatmap_softargmax_decode(logits, 1.3), _separate(logits, 1.3)]
+    kernels = [fn(logits, 1.3) for fn in PATHS.values()]
     monkeypatch.setattr(_ext, "KERNELS", frozenset())
     _ext.warn_fallback.cache_clear()
     with pytest.warns(RuntimeWarning, match="pure-PyTorch reference"):
-        fallbacks = [heatmap_softargmax_decode(logits, 1.3), _separate(logits, 1.3)]
+        fallbacks = [fn(logits, 1.3) for fn in PATHS.values()]
     for outs, fb in zip(kernels, fallbacks):
         for a, b in zip(outs, fb):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

@@ -105,15 +105,17 @@ template <typename T> struct Acc { using type = double; };
 int64_t grain(int64_t per_channel) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(per_channel, 1)); }
 
 template <typename T>
+LDEQ_INLINE void exp_shift(const T* x, T* y, int64_t n, T b, T m) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(b * (x[i] - m));
+}
+
+template <typename T>
 LDEQ_INLINE void softargmax_range(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K, int64_t n, int64_t begin,
                              int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T* x = l + c * n;
-      T* y = h + c * n;
-      const T b = beta[beta_k == 1 ? 0 : c % K];
-      const T m = vec_max(x, n);
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(b * (x[i] - m));
+      exp_shift(x, h + c * n, n, beta[beta_k == 1 ? 0 : c % K], vec_max(x, n));
     }
 }
 
@@ -207,11 +209,15 @@ LDEQ_INLINE void decode_range(const T* hm, T* coords, T* stdv, int64_t H, int64_
 template <typename T>
 LDEQ_INLINE void softargmax_decode_range(const T* l, const T* beta, int64_t beta_k, T* h, T* coords, T* stdv, int64_t K,
                                     int64_t H, int64_t W, bool official, int64_t begin, int64_t end) {
+  // h == nullptr: coordinates only; each channel's heatmap lives in a per-thread scratch buffer.
   DecodeScratch<T> sc(H, W);
   const int64_t n = H * W;
+  std::vector<T> own(h ? 0 : n);
   for (int64_t ch = begin; ch < end; ++ch) {
-    softargmax_range(l, beta, beta_k, h, K, n, ch, ch + 1);
-    decode_channel(h + ch * n, H, W, official, sc.row_sum.data(), sc.col_sum.data(), coords + 2 * ch, stdv + ch);
+    const T* x = l + ch * n;
+    T* hc = h ? h + ch * n : own.data();
+    exp_shift(x, hc, n, beta[beta_k == 1 ? 0 : ch % K], vec_max(x, n));
+    decode_channel(hc, H, W, official, sc.row_sum.data(), sc.col_sum.data(), coords + 2 * ch, stdv + ch);
   }
 }
 
@@ -267,15 +273,20 @@ LDEQ_INLINE void softargmax_decode_backward_range(const T* gh_in, const T* gcoor
                                              const T* beta, int64_t beta_k, const T* hm, const T* coords,
                                              const T* stdv, T* gl, T* gb, int64_t K, int64_t H, int64_t W,
                                              bool official, int64_t begin, int64_t end) {
+  // hm == nullptr: the heatmaps were not stored; recompute each channel (same code as the forward,
+  // so the same bits) into a per-thread scratch buffer while its logits are in cache.
   std::vector<T> a(W), rv(H), row_sum(H), col_sum(W), acc1(W), acc2(W), acct(W);
   const int64_t n = H * W;
+  std::vector<T> own(hm ? 0 : n);
   for (int64_t ch = begin; ch < end; ++ch) {
-    const T *h = hm + ch * n, *lc = l + ch * n, *gi = gh_in ? gh_in + ch * n : nullptr;
+    const T *lc = l + ch * n, *gi = gh_in ? gh_in + ch * n : nullptr;
     T* out = gl + ch * n;
     const T b = beta[beta_k == 1 ? 0 : ch % K];
+    const T m = vec_max(lc, n);
+    const T* h = hm ? hm + ch * n : own.data();
+    if (!hm) exp_shift(lc, own.data(), n, b, m);
     decode_grad_field(h, gcoord + 2 * ch, gstd + ch, coords + 2 * ch, stdv + ch, H, W, official, a.data(),
                       rv.data(), row_sum.data(), col_sum.data());
-    const T m = vec_max(lc, n);
     // Column accumulators again: vector adds per row, one horizontal sum per channel at the end.
     for (int64_t c = 0; c < W; ++c) acc1[c] = acc2[c] = acct[c] = 0;
     for (int64_t r = 0; r < H; ++r) {
@@ -489,9 +500,58 @@ std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cpu(
   return {gl, gb};
 }
 
+std::tuple<at::Tensor, at::Tensor> softargmax_coords_cpu(const at::Tensor& logits, const at::Tensor& beta,
+                                                          bool official_std) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  auto l = logits.contiguous();
+  auto b = beta.contiguous();
+  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
+  auto coords = at::empty({B, K, 2}, l.options());
+  auto stdv = at::empty({B, K}, l.options());
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_coords_cpu", [&] {
+    const scalar_t *lp = l.data_ptr<scalar_t>(), *bp = b.data_ptr<scalar_t>();
+    scalar_t *cp = coords.data_ptr<scalar_t>(), *sp = stdv.data_ptr<scalar_t>();
+    const int64_t bk = b.numel();
+    at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
+      softargmax_decode_range_typed(lp, lp, bp, bk, static_cast<scalar_t*>(nullptr), cp, sp, K, H, W, official_std,
+                                    begin, end);
+    });
+  });
+  return {coords, stdv};
+}
+
+std::tuple<at::Tensor, at::Tensor> softargmax_coords_backward_cpu(const at::Tensor& grad_coords,
+                                                                  const at::Tensor& grad_std, const at::Tensor& logits,
+                                                                  const at::Tensor& beta, const at::Tensor& coords,
+                                                                  const at::Tensor& stdv, bool official_std) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  check_decode_grads(logits, grad_coords, grad_std, coords, stdv);
+  auto l = logits.contiguous(), b = beta.contiguous();
+  auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
+  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
+  auto gl = at::empty_like(l);
+  auto gb = at::empty({B, K}, l.options());
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_coords_backward_cpu", [&] {
+    const scalar_t *gcp = gc.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>(), *lp = l.data_ptr<scalar_t>();
+    const scalar_t *bp = b.data_ptr<scalar_t>(), *cp = co.data_ptr<scalar_t>(), *sp = sd.data_ptr<scalar_t>();
+    scalar_t *glp = gl.data_ptr<scalar_t>(), *gbp = gb.data_ptr<scalar_t>();
+    const int64_t bk = b.numel();
+    at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
+      softargmax_decode_backward_range_typed(lp, static_cast<const scalar_t*>(nullptr), gcp, gsp, lp, bp, bk,
+                                             static_cast<const scalar_t*>(nullptr), cp, sp, glp, gbp, K, H, W,
+                                             official_std, begin, end);
+    });
+  });
+  return {gl, gb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ldeq, CPU, m) {
+  m.impl("heatmap_softargmax_coords", &softargmax_coords_cpu);
+  m.impl("heatmap_softargmax_coords_backward", &softargmax_coords_backward_cpu);
   m.impl("heatmap_softargmax_decode", &softargmax_decode_cpu);
   m.impl("heatmap_softargmax_decode_backward", &softargmax_decode_backward_cpu);
   m.impl("heatmap_softargmax", &softargmax_cpu);

@@ -17,11 +17,11 @@ namespace heatmap {
 namespace {
 
 // Ends a decode once every thread holds its share of sum h, sum h * col and sum h * row over the
-// channel h (H*W values): block sums, then the centred variance pass, then one thread writes
-// coords[0..1] and *stdv.
-template <typename T, typename acc_t>
-__device__ __forceinline__ void block_decode_finish(const T* __restrict__ h, int64_t H, int64_t W, bool official,
-                                                    acc_t tot, acc_t mx, acc_t my, T* coords, T* stdv) {
+// channel (hv(i) gives pixel i's heat, stored or recomputed): block sums, then the centred variance
+// pass, then one thread writes coords[0..1] and *stdv.
+template <typename T, typename acc_t, typename HeatValue>
+__device__ __forceinline__ void block_decode_finish(HeatValue hv, int64_t H, int64_t W, bool official, acc_t tot,
+                                                    acc_t mx, acc_t my, T* coords, T* stdv) {
   const int64_t n = H * W;
   tot = block_all_sum(tot);
   mx = block_all_sum(mx);
@@ -31,7 +31,7 @@ __device__ __forceinline__ void block_decode_finish(const T* __restrict__ h, int
   const acc_t mux = official ? x / W : x, muy = official ? y / H : y;
   acc_t vx = 0, vy = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t v = h[i];
+    const acc_t v = hv(i);
     const acc_t dx = acc_t(i % W) / W - mux, dy = acc_t(i / W) / H - muy;
     vx += v * dx * dx;
     vy += v * dy * dy;
@@ -100,7 +100,8 @@ __global__ void decode_fwd_kernel(const T* __restrict__ hm, T* __restrict__ coor
     mx += v * acc_t(i % W);
     my += v * acc_t(i / W);
   }
-  block_decode_finish(h, H, W, official, tot, mx, my, coords + 2 * ch, stdv + ch);
+  block_decode_finish<T>([&](int64_t i) { return acc_t(h[i]); }, H, W, official, tot, mx, my, coords + 2 * ch,
+                         stdv + ch);
 }
 
 template <typename T>
@@ -139,7 +140,7 @@ __global__ void softargmax_decode_fwd_kernel(const T* __restrict__ l, const T* _
   using acc_t = at::acc_type<T, true>;
   const int64_t ch = blockIdx.x, n = H * W;
   const T* x = l + ch * n;
-  T* h = hm + ch * n;
+  T* h = hm ? hm + ch * n : nullptr;  // nullptr: coordinates only, heatmap recomputed where needed
   const T b = beta[beta_k == 1 ? 0 : ch % K];
   T m = -std::numeric_limits<T>::infinity();
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = x[i] > m ? x[i] : m;
@@ -147,12 +148,13 @@ __global__ void softargmax_decode_fwd_kernel(const T* __restrict__ l, const T* _
   acc_t tot = 0, mx = 0, my = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     const T v = ::exp(b * (x[i] - m));
-    h[i] = v;
+    if (h) h[i] = v;
     tot += acc_t(v);
     mx += acc_t(v) * acc_t(i % W);
     my += acc_t(v) * acc_t(i / W);
   }
-  block_decode_finish(h, H, W, official, tot, mx, my, coords + 2 * ch, stdv + ch);
+  block_decode_finish<T>([&](int64_t i) { return acc_t(h ? h[i] : ::exp(b * (x[i] - m))); }, H, W, official, tot, mx,
+                         my, coords + 2 * ch, stdv + ch);
 }
 
 // Fused backward: dL/dh = (gp - G) / S (+ grad_heatmaps) is recomputed per element, never stored.
@@ -165,22 +167,25 @@ __global__ void softargmax_decode_bwd_kernel(const T* __restrict__ gh_in, const 
                                              bool official) {
   using acc_t = at::acc_type<T, true>;
   const int64_t ch = blockIdx.x, n = H * W;
-  const T *h = hm + ch * n, *lc = l + ch * n, *gi = gh_in ? gh_in + ch * n : nullptr;
+  // hm == nullptr: the heatmaps were not stored; recompute exp(beta (l - max)) per element.
+  const T *h = hm ? hm + ch * n : nullptr, *lc = l + ch * n, *gi = gh_in ? gh_in + ch * n : nullptr;
   T* out = gl + ch * n;
-  const acc_t b = beta[beta_k == 1 ? 0 : ch % K];
+  const T bt = beta[beta_k == 1 ? 0 : ch % K];
+  const acc_t b = bt;
   const DecodeGrad<acc_t> d(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
                             stdv[ch], H, W, official);
-  acc_t tot = 0, q = 0;
   T m = -std::numeric_limits<T>::infinity();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = lc[i] > m ? lc[i] : m;
+  m = block_all_max(m);
+  auto hv = [&](int64_t i) { return h ? h[i] : T(::exp(bt * (lc[i] - m))); };
+  acc_t tot = 0, q = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t v = h[i];
+    const acc_t v = hv(i);
     tot += v;
     q += v * (d.A0(acc_t(i % W)) + d.R0(acc_t(i / W)));
-    m = lc[i] > m ? lc[i] : m;
   }
   tot = block_all_sum(tot);
   q = block_all_sum(q);
-  m = block_all_max(m);
   const acc_t S = tot + acc_t(kDecodeEps), sum_p = tot / S;
   const acc_t G = q / S + sum_p * (d.lx * d.x + d.ly * d.y);
   auto grad_h = [&](int64_t i) {
@@ -191,7 +196,7 @@ __global__ void softargmax_decode_bwd_kernel(const T* __restrict__ gh_in, const 
   acc_t s1 = 0, s2 = 0;
   int ties = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t ghv = grad_h(i) * acc_t(h[i]);
+    const acc_t ghv = grad_h(i) * acc_t(hv(i));
     s1 += ghv;
     s2 += ghv * acc_t(lc[i] - m);
     ties += lc[i] == m;
@@ -201,7 +206,7 @@ __global__ void softargmax_decode_bwd_kernel(const T* __restrict__ gh_in, const 
   ties = block_all_sum(ties);
   const acc_t share = ties > 0 ? b * s1 / acc_t(ties) : acc_t(0);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-    out[i] = T(b * grad_h(i) * acc_t(h[i]) - (lc[i] == m ? share : acc_t(0)));
+    out[i] = T(b * grad_h(i) * acc_t(hv(i)) - (lc[i] == m ? share : acc_t(0)));
   if (threadIdx.x == 0) gb[ch] = T(s2);
 }
 
@@ -324,9 +329,57 @@ std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cuda(
   return {gl, gb};
 }
 
+std::tuple<at::Tensor, at::Tensor> softargmax_coords_cuda(const at::Tensor& logits, const at::Tensor& beta,
+                                                           bool official_std) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  auto l = logits.contiguous();
+  auto b = beta.contiguous();
+  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
+  auto coords = at::empty({B, K, 2}, l.options());
+  auto stdv = at::empty({B, K}, l.options());
+  if (B * K == 0) return {coords, stdv};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_coords_cuda", [&] {
+    softargmax_decode_fwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+        l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), nullptr, coords.data_ptr<scalar_t>(),
+        stdv.data_ptr<scalar_t>(), K, H, W, official_std);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {coords, stdv};
+}
+
+std::tuple<at::Tensor, at::Tensor> softargmax_coords_backward_cuda(const at::Tensor& grad_coords,
+                                                                   const at::Tensor& grad_std, const at::Tensor& logits,
+                                                                   const at::Tensor& beta, const at::Tensor& coords,
+                                                                   const at::Tensor& stdv, bool official_std) {
+  check_maps(logits, "logits");
+  check_beta(logits, beta);
+  check_decode_grads(logits, grad_coords, grad_std, coords, stdv);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  auto l = logits.contiguous(), b = beta.contiguous();
+  auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
+  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
+  auto gl = at::empty_like(l);
+  auto gb = at::empty({B, K}, l.options());
+  if (B * K == 0) return {gl, gb};
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_coords_backward_cuda", [&] {
+    softargmax_decode_bwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+        nullptr, gc.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+        b.numel(), nullptr, co.data_ptr<scalar_t>(), sd.data_ptr<scalar_t>(), gl.data_ptr<scalar_t>(),
+        gb.data_ptr<scalar_t>(), K, H, W, official_std);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {gl, gb};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ldeq, CUDA, m) {
+  m.impl("heatmap_softargmax_coords", &softargmax_coords_cuda);
+  m.impl("heatmap_softargmax_coords_backward", &softargmax_coords_backward_cuda);
   m.impl("heatmap_softargmax_decode", &softargmax_decode_cuda);
   m.impl("heatmap_softargmax_decode_backward", &softargmax_decode_backward_cuda);
   m.impl("heatmap_softargmax", &softargmax_cuda);

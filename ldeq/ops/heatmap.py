@@ -114,6 +114,26 @@ def heatmap_softargmax_decode(logits: Tensor, beta: Union[float, Tensor] = 1.0,
     return h.to(logits.dtype), coords.to(logits.dtype), std.to(logits.dtype)
 
 
+def heatmap_softargmax_coords(logits: Tensor, beta: Union[float, Tensor] = 1.0,
+                              official_std: bool = False) -> Tuple[Tensor, Tensor]:
+    """Coordinates and std straight from logits, without materialising the heatmaps.
+
+    (B, K, H, W) logits -> coords (B, K, 2), std (B, K): the values of
+    ``heatmap_decode(heatmap_softargmax(logits, beta))``. Each channel's heatmap exists only in a
+    per-thread buffer (CPU) or on chip (CUDA); the backward recomputes it from logits. Use it where
+    only the coordinates feed the loss (e.g. the tracked final step of DEQ training): it reads the
+    logits once per direction and writes only grad_logits.
+    """
+    _check_maps(logits, "logits")
+    b = _as_beta(beta, logits)
+    x = logits.to(_compute_dtype(logits))
+    if _use_kernel("heatmap_softargmax_coords", x):
+        coords, std = torch.ops.ldeq.heatmap_softargmax_coords(x, b, bool(official_std))
+    else:
+        coords, std = ref.heatmap_softargmax_decode(x, b, bool(official_std))[1:]
+    return coords.to(logits.dtype), std.to(logits.dtype)
+
+
 # ---------------------------------------------------------------------------------------- registration
 def _reduce_beta_grad(gb: Tensor, beta: Tensor) -> Tensor:
     # the kernel returns one partial sum per (sample, channel); fold it to beta's shape
@@ -181,6 +201,27 @@ def _fused_backward(ctx, grad_h, grad_coords, grad_std):
     return gl, (_reduce_beta_grad(gb, beta) if ctx.needs_input_grad[1] else None), None
 
 
+def _coords_setup(ctx, inputs, output):
+    logits, beta, official_std = inputs
+    ctx.official_std = official_std
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(logits, beta, *output)
+
+
+def _coords_backward(ctx, grad_coords, grad_std):
+    logits, beta, coords, std = ctx.saved_tensors
+    grad_coords = torch.zeros_like(coords) if grad_coords is None else grad_coords
+    grad_std = torch.zeros_like(std) if grad_std is None else grad_std
+    if torch.is_grad_enabled():  # double backward: see _softargmax_backward
+        wrt = [t for t, need in zip((logits, beta), ctx.needs_input_grad[:2]) if need]
+        outs = ref.heatmap_softargmax_decode(logits, beta, ctx.official_std)[1:]
+        grads = iter(torch.autograd.grad(outs, wrt, (grad_coords, grad_std), create_graph=True, allow_unused=True))
+        return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:2]) + (None,)
+    gl, gb = torch.ops.ldeq.heatmap_softargmax_coords_backward(grad_coords.contiguous(), grad_std.contiguous(), logits,
+                                                               beta, coords, std, ctx.official_std)
+    return gl, (_reduce_beta_grad(gb, beta) if ctx.needs_input_grad[1] else None), None
+
+
 def _register() -> None:
     lib = "ldeq::"
 
@@ -213,6 +254,17 @@ def _register() -> None:
         return (torch.empty_like(logits, memory_format=torch.contiguous_format),
                 logits.new_empty(logits.shape[:2]))
 
+    @torch.library.register_fake(lib + "heatmap_softargmax_coords")
+    def _(logits, beta, official_std=False):
+        B, K = logits.shape[:2]
+        return logits.new_empty((B, K, 2)), logits.new_empty((B, K))
+
+    @torch.library.register_fake(lib + "heatmap_softargmax_coords_backward")
+    def _(grad_coords, grad_std, logits, beta, coords, std, official_std=False):
+        return (torch.empty_like(logits, memory_format=torch.contiguous_format),
+                logits.new_empty(logits.shape[:2]))
+
+    torch.library.register_autograd(lib + "heatmap_softargmax_coords", _coords_backward, setup_context=_coords_setup)
     torch.library.register_autograd(lib + "heatmap_softargmax_decode", _fused_backward, setup_context=_fused_setup)
     torch.library.register_autograd(lib + "heatmap_softargmax", _softargmax_backward, setup_context=_softargmax_setup)
     torch.library.register_autograd(lib + "heatmap_decode", _decode_backward, setup_context=_decode_setup)
