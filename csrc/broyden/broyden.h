@@ -32,4 +32,34 @@ inline void check_factors(const at::Tensor& U, const at::Tensor& V, const at::Te
   TORCH_CHECK(0 <= n && n <= U.size(0), "n must be in [0, L=", U.size(0), "], got ", n);
 }
 
+inline void check_broyden_pass1(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
+                                const at::Tensor& z, const at::Tensor& g_old, const at::Tensor& g_new, int64_t n,
+                                const at::Tensor& active) {
+  TORCH_CHECK(fz.dim() == 2, "fz must have shape (B, d), got ", fz.sizes());
+  const int64_t B = fz.size(0), d = fz.size(1);
+  check_state(fz, "fz", B, d, fz);
+  check_state(dx, "dx", B, d, fz);
+  check_state(z, "z", B, d, fz);
+  check_state(g_old, "g_old", B, d, fz);
+  check_state(g_new, "g_new", B, d, fz);
+  check_factors(U, V, fz, n);
+  check_active(active, B, fz);
+}
+
+inline void check_broyden_pass2(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& z,
+                                const at::Tensor& z_next, const at::Tensor& g_new, const at::Tensor& g_old,
+                                const at::Tensor& coef, int64_t slot, int64_t n, const at::Tensor& active) {
+  TORCH_CHECK(z.dim() == 2, "z must have shape (B, d), got ", z.sizes());
+  const int64_t B = z.size(0), d = z.size(1);
+  check_state(z, "z", B, d, z);
+  check_state(dx, "dx", B, d, z);
+  check_state(z_next, "z_next", B, d, z);
+  check_state(g_new, "g_new", B, d, z);
+  check_state(g_old, "g_old", B, d, z);
+  check_factors(U, V, z, n);
+  TORCH_CHECK(0 <= slot && slot < U.size(0), "slot must be in [0, L=", U.size(0), "), got ", slot);
+  check_f64(coef, "coef", {B, 3 * n + 1}, z);
+  check_active(active, B, z);
+}
+
 }  // namespace ldeq

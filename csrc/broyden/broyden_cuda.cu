@@ -64,15 +64,8 @@ __global__ void pass1_kernel(const scalar_t* __restrict__ U, const scalar_t* __r
 at::Tensor broyden_pass1_cuda(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
                               const at::Tensor& z, const at::Tensor& g_old, at::Tensor g_new, int64_t n,
                               const at::Tensor& active) {
-  TORCH_CHECK(fz.dim() == 2, "fz must have shape (B, d), got ", fz.sizes());
+  check_broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, active);
   const int64_t B = fz.size(0), d = fz.size(1);
-  check_state(fz, "fz", B, d, fz);
-  check_state(dx, "dx", B, d, fz);
-  check_state(z, "z", B, d, fz);
-  check_state(g_old, "g_old", B, d, fz);
-  check_state(g_new, "g_new", B, d, fz);
-  check_factors(U, V, fz, n);
-  check_active(active, B, fz);
   const c10::cuda::CUDAGuard guard(fz.device());
   at::Tensor out = at::zeros({B, 3 * n + 4}, fz.options().dtype(at::kDouble));
   if (B == 0 || d == 0) return out;
@@ -121,17 +114,8 @@ __global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V,
 void broyden_pass2_cuda(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,
                         const at::Tensor& g_new, const at::Tensor& g_old, const at::Tensor& coef, int64_t slot,
                         int64_t n, const at::Tensor& active) {
-  TORCH_CHECK(z.dim() == 2, "z must have shape (B, d), got ", z.sizes());
+  check_broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active);
   const int64_t B = z.size(0), d = z.size(1);
-  check_state(z, "z", B, d, z);
-  check_state(dx, "dx", B, d, z);
-  check_state(z_next, "z_next", B, d, z);
-  check_state(g_new, "g_new", B, d, z);
-  check_state(g_old, "g_old", B, d, z);
-  check_factors(U, V, z, n);
-  TORCH_CHECK(0 <= slot && slot < U.size(0), "slot must be in [0, L=", U.size(0), "), got ", slot);
-  check_f64(coef, "coef", {B, 3 * n + 1}, z);
-  check_active(active, B, z);
   if (B == 0 || d == 0) return;
   const c10::cuda::CUDAGuard guard(z.device());
   dim3 grid((unsigned)std::min<int64_t>((d + kThreads - 1) / kThreads, 65535), B);
