@@ -252,3 +252,77 @@ def test_raw_op_checks_name_the_argument():
         h = torch.rand(2, 3, 4, 4)
         torch.ops.ldeq.heatmap_decode_backward(torch.ones(2, 3), torch.ones(2, 3), h, torch.ones(2, 3),
                                                torch.ones(2, 3), False)
+
+
+# Outputs of 8 MB and more are allocated with a transparent-huge-page hint (csrc/common/cpu_alloc.h):
+# check such sizes against the reference too, forward and backward, and that the hint took effect.
+BIG = (8, 64, 64, 64)  # 8.4 MB in float32
+
+
+@path_param
+def test_large_outputs_match_reference(path):
+    torch.manual_seed(5)
+    logits = (torch.randn(BIG) * 3).requires_grad_()
+    beta = (torch.rand(BIG[1]) + 0.5).requires_grad_()
+    l64, b64 = logits.detach().double().requires_grad_(), beta.detach().double().requires_grad_()
+    out = PATHS[path](logits, beta)
+    out64 = ref.heatmap_softargmax(l64, b64)
+    out64 = (out64,) + ref.heatmap_decode(out64)
+    for o, o64 in zip(out, out64):
+        torch.testing.assert_close(o.double(), o64, **F32)
+    gc, gs = torch.randn(BIG[0], BIG[1], 2), torch.randn(BIG[0], BIG[1])
+    ((out[1] * gc).sum() + (out[2] * gs).sum()).backward()
+    ((out64[1] * gc.double()).sum() + (out64[2] * gs.double()).sum()).backward()
+    torch.testing.assert_close(logits.grad.double(), l64.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(beta.grad.double(), b64.grad, rtol=1e-4, atol=1e-5)
+
+
+def _anon_huge_kb(t):
+    """AnonHugePages (kB) over the mappings of this process that overlap t's storage.
+
+    The hint splits the allocation's mapping at the 2 MiB boundaries, so several mappings are summed.
+    """
+    lo_t, hi_t = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo < hi_t and lo_t < hi
+            elif inside and head == "AnonHugePages:":
+                total += int(line.split()[1])
+    return total
+
+
+def _thp_mode():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "never"
+
+
+_HUGE_PAGE_PROBE = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from ldeq.ops import heatmap_softargmax
+from test_heatmap_ops import _anon_huge_kb
+h = heatmap_softargmax(torch.randn(8, 98, 64, 64), 1.0)  # 12.8 MB output, hinted from 8 MiB up
+print(_anon_huge_kb(h))
+"""
+
+
+@pytest.mark.skipif(_thp_mode() == "never", reason="transparent huge pages are off on this machine")
+def test_large_outputs_use_huge_pages():
+    # A fresh process: in this one glibc may already serve 12.8 MB from its heap (its mmap threshold
+    # rises after large frees), where pages are already faulted in and the hint has nothing to do.
+    import os
+    import subprocess
+    import sys
+    if os.environ.get("LDEQ_NO_HUGE_PAGES", "0") not in ("", "0"):
+        pytest.skip("LDEQ_NO_HUGE_PAGES is set")
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", _HUGE_PAGE_PROBE, here], capture_output=True, text=True, check=True)
+    kb = int(out.stdout.strip().splitlines()[-1])
+    assert kb >= 2048, f"the 12.8 MB heatmap output got {kb} kB of huge pages; expected at least one 2 MiB page"

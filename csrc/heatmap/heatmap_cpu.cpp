@@ -5,10 +5,16 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "common/cpu_alloc.h"
 #include "heatmap/heatmap.h"
 
 namespace ldeq {
@@ -110,12 +116,57 @@ LDEQ_INLINE void exp_shift(const T* x, T* y, int64_t n, T b, T m) {
   for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(b * (x[i] - m));
 }
 
+// y = exp(b (x - m)) over one channel, float32: the pass that dominates the kernels' arithmetic.
+// GCC function multiversioning picks the body at load time. The AVX-512 body uses vscalefps for the
+// 2^n scaling, which also gives 0, denormals, inf and NaN right without the masks exp_approx needs,
+// and is about half the instructions. Forward and recomputing backward call the same body, so the
+// recomputed heatmaps have the same bits as the forward's.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// exp(t) for 16 floats: Cephes reduction and polynomial (as exp_approx), 2^k applied by vscalefps.
+__attribute__((target("avx512f"), always_inline)) inline __m512 exp512(__m512 t) {
+  // Clamped so that k stays finite: exp(-104) is 0 and exp(89) inf in float32. max/min return
+  // their second operand when one is NaN, so a NaN input stays NaN.
+  t = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), t));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), t);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(e, k);
+}
+__attribute__((target("arch=x86-64-v4"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m) {
+  const __m512 vb = _mm512_set1_ps(b), vm = _mm512_set1_ps(m);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, exp512(_mm512_mul_ps(vb, _mm512_sub_ps(_mm512_loadu_ps(x + i), vm))));
+  if (i < n) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(tail, x + i);
+    _mm512_mask_storeu_ps(y + i, tail, exp512(_mm512_mul_ps(vb, _mm512_sub_ps(v, vm))));
+  }
+}
+__attribute__((target("arch=x86-64-v3"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m) {
+  exp_shift(x, y, n, b, m);
+}
+__attribute__((target("default"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m) {
+  exp_shift(x, y, n, b, m);
+}
+#else
+void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m) { exp_shift(x, y, n, b, m); }
+#endif
+inline void exp_shift_vec(const float* x, float* y, int64_t n, float b, float m) { exp_shift_f32(x, y, n, b, m); }
+inline void exp_shift_vec(const double* x, double* y, int64_t n, double b, double m) { exp_shift(x, y, n, b, m); }
+
 template <typename T>
 LDEQ_INLINE void softargmax_range(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K, int64_t n, int64_t begin,
                              int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T* x = l + c * n;
-      exp_shift(x, h + c * n, n, beta[beta_k == 1 ? 0 : c % K], vec_max(x, n));
+      exp_shift_vec(x, h + c * n, n, beta[beta_k == 1 ? 0 : c % K], vec_max(x, n));
     }
 }
 
@@ -216,7 +267,7 @@ LDEQ_INLINE void softargmax_decode_range(const T* l, const T* beta, int64_t beta
   for (int64_t ch = begin; ch < end; ++ch) {
     const T* x = l + ch * n;
     T* hc = h ? h + ch * n : own.data();
-    exp_shift(x, hc, n, beta[beta_k == 1 ? 0 : ch % K], vec_max(x, n));
+    exp_shift_vec(x, hc, n, beta[beta_k == 1 ? 0 : ch % K], vec_max(x, n));
     decode_channel(hc, H, W, official, sc.row_sum.data(), sc.col_sum.data(), coords + 2 * ch, stdv + ch);
   }
 }
@@ -284,7 +335,7 @@ LDEQ_INLINE void softargmax_decode_backward_range(const T* gh_in, const T* gcoor
     const T b = beta[beta_k == 1 ? 0 : ch % K];
     const T m = vec_max(lc, n);
     const T* h = hm ? hm + ch * n : own.data();
-    if (!hm) exp_shift(lc, own.data(), n, b, m);
+    if (!hm) exp_shift_vec(lc, own.data(), n, b, m);
     decode_grad_field(h, gcoord + 2 * ch, gstd + ch, coords + 2 * ch, stdv + ch, H, W, official, a.data(),
                       rv.data(), row_sum.data(), col_sum.data());
     // Column accumulators again: vector adds per row, one horizontal sum per channel at the end.
@@ -387,7 +438,7 @@ at::Tensor softargmax_cpu(const at::Tensor& logits, const at::Tensor& beta) {
   check_beta(logits, beta);
   auto l = logits.contiguous();
   auto b = beta.contiguous();
-  auto h = at::empty_like(l);
+  auto h = empty_output_like(l);
   const int64_t B = l.size(0), K = l.size(1), n = l.size(2) * l.size(3);
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_cpu", [&] {
     const scalar_t *lp = l.data_ptr<scalar_t>(), *bp = b.data_ptr<scalar_t>();
@@ -405,7 +456,7 @@ std::tuple<at::Tensor, at::Tensor> softargmax_backward_cpu(const at::Tensor& gra
   check_softargmax_backward(grad, logits, beta, heatmaps);
   auto g = grad.contiguous(), l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
   const int64_t B = l.size(0), K = l.size(1), n = l.size(2) * l.size(3);
-  auto gl = at::empty_like(l);
+  auto gl = empty_output_like(l);
   auto gb = at::empty({B, K}, l.options());
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_backward_cpu", [&] {
     const scalar_t *gp = g.data_ptr<scalar_t>(), *lp = l.data_ptr<scalar_t>(), *bp = b.data_ptr<scalar_t>();
@@ -442,7 +493,7 @@ at::Tensor decode_backward_cpu(const at::Tensor& grad_coords, const at::Tensor& 
   auto h = heatmaps.contiguous(), gc = grad_coords.contiguous(), gs = grad_std.contiguous();
   auto co = coords.contiguous(), sd = stdv.contiguous();
   const int64_t B = h.size(0), K = h.size(1), H = h.size(2), W = h.size(3);
-  auto gh = at::empty_like(h);
+  auto gh = empty_output_like(h);
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "heatmap_decode_backward_cpu", [&] {
     const scalar_t *gcp = gc.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>();
     const scalar_t *cp = co.data_ptr<scalar_t>(), *sp = sd.data_ptr<scalar_t>();
@@ -461,7 +512,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softargmax_decode_cpu(const at::T
   auto l = logits.contiguous();
   auto b = beta.contiguous();
   const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
-  auto h = at::empty_like(l);
+  auto h = empty_output_like(l);
   auto coords = at::empty({B, K, 2}, l.options());
   auto stdv = at::empty({B, K}, l.options());
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_cpu", [&] {
@@ -483,7 +534,7 @@ std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cpu(
   auto l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
   auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
   const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
-  auto gl = at::empty_like(l);
+  auto gl = empty_output_like(l);
   auto gb = at::empty({B, K}, l.options());
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_backward_cpu", [&] {
     const scalar_t* gip = gin.defined() ? gin.data_ptr<scalar_t>() : nullptr;
@@ -531,7 +582,7 @@ std::tuple<at::Tensor, at::Tensor> softargmax_coords_backward_cpu(const at::Tens
   auto l = logits.contiguous(), b = beta.contiguous();
   auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
   const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
-  auto gl = at::empty_like(l);
+  auto gl = empty_output_like(l);
   auto gb = at::empty({B, K}, l.options());
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_coords_backward_cpu", [&] {
     const scalar_t *gcp = gc.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>(), *lp = l.data_ptr<scalar_t>();
