@@ -116,6 +116,15 @@ LDEQ_INLINE void exp_shift(const T* x, T* y, int64_t n, T b, T m) {
   for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(b * (x[i] - m));
 }
 
+// Ask for the next channel's logits (into L2) while this channel computes from cache: the channel
+// max is otherwise the only pass that waits on DRAM. The AVX-512 exp pass interleaves one prefetch
+// per cache line it computes; the other bodies issue them up front. next == nullptr: last channel.
+template <typename T>
+LDEQ_INLINE void prefetch_channel(const T* next, int64_t n) {
+  if (!next) return;
+  for (int64_t i = 0; i < n; i += 64 / sizeof(T)) __builtin_prefetch(next + i, 0, 2);
+}
+
 // y = exp(b (x - m)) over one channel, float32: the pass that dominates the kernels' arithmetic.
 // GCC function multiversioning picks the body at load time. The AVX-512 body uses vscalefps for the
 // 2^n scaling, which also gives 0, denormals, inf and NaN right without the masks exp_approx needs,
@@ -139,34 +148,50 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 exp512(__m512 t)
   const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(e, k);
 }
-__attribute__((target("arch=x86-64-v4"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m) {
+__attribute__((target("arch=x86-64-v4"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m,
+                                                          const float* next) {
   const __m512 vb = _mm512_set1_ps(b), vm = _mm512_set1_ps(m);
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, exp512(_mm512_mul_ps(vb, _mm512_sub_ps(_mm512_loadu_ps(x + i), vm))));
+  for (; i + 16 <= n; i += 16) {
+    if (next) _mm_prefetch(reinterpret_cast<const char*>(next + i), _MM_HINT_T1);
+    _mm512_storeu_ps(y + i, exp512(_mm512_mul_ps(vb, _mm512_sub_ps(_mm512_loadu_ps(x + i), vm))));
+  }
   if (i < n) {
     const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1);
     const __m512 v = _mm512_maskz_loadu_ps(tail, x + i);
     _mm512_mask_storeu_ps(y + i, tail, exp512(_mm512_mul_ps(vb, _mm512_sub_ps(v, vm))));
   }
 }
-__attribute__((target("arch=x86-64-v3"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m) {
+__attribute__((target("arch=x86-64-v3"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m,
+                                                          const float* next) {
+  prefetch_channel(next, n);
   exp_shift(x, y, n, b, m);
 }
-__attribute__((target("default"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m) {
+__attribute__((target("default"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m,
+                                                 const float* next) {
+  prefetch_channel(next, n);
   exp_shift(x, y, n, b, m);
 }
 #else
-void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m) { exp_shift(x, y, n, b, m); }
+void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m, const float* next) {
+  prefetch_channel(next, n);
+  exp_shift(x, y, n, b, m);
+}
 #endif
-inline void exp_shift_vec(const float* x, float* y, int64_t n, float b, float m) { exp_shift_f32(x, y, n, b, m); }
-inline void exp_shift_vec(const double* x, double* y, int64_t n, double b, double m) { exp_shift(x, y, n, b, m); }
+inline void exp_shift_vec(const float* x, float* y, int64_t n, float b, float m, const float* next) {
+  exp_shift_f32(x, y, n, b, m, next);
+}
+inline void exp_shift_vec(const double* x, double* y, int64_t n, double b, double m, const double* next) {
+  prefetch_channel(next, n);
+  exp_shift(x, y, n, b, m);
+}
 
 template <typename T>
 LDEQ_INLINE void softargmax_range(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K, int64_t n, int64_t begin,
                              int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T* x = l + c * n;
-      exp_shift_vec(x, h + c * n, n, beta[beta_k == 1 ? 0 : c % K], vec_max(x, n));
+      exp_shift_vec(x, h + c * n, n, beta[beta_k == 1 ? 0 : c % K], vec_max(x, n), c + 1 < end ? x + n : nullptr);
     }
 }
 
@@ -267,7 +292,7 @@ LDEQ_INLINE void softargmax_decode_range(const T* l, const T* beta, int64_t beta
   for (int64_t ch = begin; ch < end; ++ch) {
     const T* x = l + ch * n;
     T* hc = h ? h + ch * n : own.data();
-    exp_shift_vec(x, hc, n, beta[beta_k == 1 ? 0 : ch % K], vec_max(x, n));
+    exp_shift_vec(x, hc, n, beta[beta_k == 1 ? 0 : ch % K], vec_max(x, n), ch + 1 < end ? x + n : nullptr);
     decode_channel(hc, H, W, official, sc.row_sum.data(), sc.col_sum.data(), coords + 2 * ch, stdv + ch);
   }
 }
@@ -335,13 +360,20 @@ LDEQ_INLINE void softargmax_decode_backward_range(const T* gh_in, const T* gcoor
     const T b = beta[beta_k == 1 ? 0 : ch % K];
     const T m = vec_max(lc, n);
     const T* h = hm ? hm + ch * n : own.data();
-    if (!hm) exp_shift_vec(lc, own.data(), n, b, m);
+    if (!hm) exp_shift_vec(lc, own.data(), n, b, m, ch + 1 < end ? lc + n : nullptr);
     decode_grad_field(h, gcoord + 2 * ch, gstd + ch, coords + 2 * ch, stdv + ch, H, W, official, a.data(),
                       rv.data(), row_sum.data(), col_sum.data());
     // Column accumulators again: vector adds per row, one horizontal sum per channel at the end.
     for (int64_t c = 0; c < W; ++c) acc1[c] = acc2[c] = acct[c] = 0;
+    // Stored heatmaps (no exp pass to carry the prefetches): the next channel's logits and heatmaps
+    // are requested row by row here.
+    const bool prefetch = hm && ch + 1 < end;
     for (int64_t r = 0; r < H; ++r) {
       const T *hr = h + r * W, *lr = lc + r * W, rr = rv[r];
+      if (prefetch) {
+        prefetch_channel(lr + n, W);
+        prefetch_channel(hr + n, W);
+      }
       if (gi) {
         const T* gr = gi + r * W;
 #pragma omp simd
