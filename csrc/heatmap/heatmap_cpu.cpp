@@ -214,8 +214,19 @@ LDEQ_INLINE void softargmax_backward_range(const T* g, const T* l, const T* beta
       gb[c] = s2;
       // Second pass from cache: the max's own gradient, shared evenly by tied maxima (as amax does).
       const T share = b * s1 / ties;
+      // In blocks of 4 cache lines per stream, each block asking for the same span of the next channel.
+      constexpr int64_t kBlock = 256 / sizeof(T);
+      const bool prefetch = c + 1 < end;
+      for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+        const int64_t i1 = std::min(n, i0 + kBlock);
+        if (prefetch) {
+          prefetch_channel(gc + n + i0, i1 - i0);
+          prefetch_channel(lc + n + i0, i1 - i0);
+          prefetch_channel(hc + n + i0, i1 - i0);
+        }
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) out[i] = b * gc[i] * hc[i] - share * T(lc[i] == m);
+        for (int64_t i = i0; i < i1; ++i) out[i] = b * gc[i] * hc[i] - share * T(lc[i] == m);
+      }
     }
 }
 
@@ -223,10 +234,12 @@ LDEQ_INLINE void softargmax_backward_range(const T* g, const T* l, const T* beta
 // (vector adds, no horizontal reduction); everything the decode and its gradient need follows from
 // these marginals in O(H + W).
 template <typename T>
-LDEQ_INLINE void channel_marginals(const T* h, int64_t H, int64_t W, T* row_sum, T* col_sum) {
+LDEQ_INLINE void channel_marginals(const T* h, int64_t H, int64_t W, T* row_sum, T* col_sum,
+                                   const T* next = nullptr) {
   for (int64_t c = 0; c < W; ++c) col_sum[c] = 0;
   for (int64_t r = 0; r < H; ++r) {
     const T* hr = h + r * W;
+    if (next) prefetch_channel(next + r * W, W);  // the next channel, row by row
     T s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t c = 0; c < W; ++c) {
@@ -241,9 +254,9 @@ LDEQ_INLINE void channel_marginals(const T* h, int64_t H, int64_t W, T* row_sum,
 // The variances are centred sums over the marginals (no E[c^2] - E[c]^2 cancellation).
 template <typename T>
 LDEQ_INLINE void decode_channel(const T* h, int64_t H, int64_t W, bool official, T* row_sum, T* col_sum, T* coords,
-                                T* stdv) {
+                                T* stdv, const T* next = nullptr) {
   using acc_t = typename Acc<T>::type;
-  channel_marginals(h, H, W, row_sum, col_sum);
+  channel_marginals(h, H, W, row_sum, col_sum, next);
   acc_t tot = 0, mx = 0, my = 0;
   for (int64_t r = 0; r < H; ++r) {
     tot += row_sum[r];
@@ -278,7 +291,8 @@ LDEQ_INLINE void decode_range(const T* hm, T* coords, T* stdv, int64_t H, int64_
                          int64_t end) {
   DecodeScratch<T> sc(H, W);
   for (int64_t ch = begin; ch < end; ++ch)
-    decode_channel(hm + ch * H * W, H, W, official, sc.row_sum.data(), sc.col_sum.data(), coords + 2 * ch, stdv + ch);
+    decode_channel(hm + ch * H * W, H, W, official, sc.row_sum.data(), sc.col_sum.data(), coords + 2 * ch, stdv + ch,
+                   ch + 1 < end ? hm + (ch + 1) * H * W : nullptr);
 }
 
 // Fused forward: the channel's heatmap is decoded while it is still in cache.
@@ -301,10 +315,11 @@ LDEQ_INLINE void softargmax_decode_range(const T* l, const T* beta, int64_t beta
 // row_sum/col_sum are scratch (H, W).
 template <typename T>
 LDEQ_INLINE void decode_grad_field(const T* h, const T* gcoord, const T* gstd, const T* coords, const T* stdv,
-                                   int64_t H, int64_t W, bool official, T* a, T* rv, T* row_sum, T* col_sum) {
+                                   int64_t H, int64_t W, bool official, T* a, T* rv, T* row_sum, T* col_sum,
+                                   const T* next = nullptr) {
   using acc_t = typename Acc<T>::type;
   const DecodeGrad<acc_t> d(gcoord[0], gcoord[1], *gstd, coords[0], coords[1], *stdv, H, W, official);
-  channel_marginals(h, H, W, row_sum, col_sum);
+  channel_marginals(h, H, W, row_sum, col_sum, next);
   acc_t tot = 0, q = 0;  // T = sum h and sum h * (A0 + R0), from the marginals
   for (int64_t c = 0; c < W; ++c) {
     const acc_t a0 = d.A0(acc_t(c));
@@ -332,7 +347,8 @@ LDEQ_INLINE void decode_backward_range(const T* gcoord, const T* gstd, const T* 
   std::vector<T> a(W), rv(H), row_sum(H), col_sum(W);
   for (int64_t ch = begin; ch < end; ++ch) {
     decode_grad_field(hm + ch * H * W, gcoord + 2 * ch, gstd + ch, coords + 2 * ch, stdv + ch, H, W, official,
-                      a.data(), rv.data(), row_sum.data(), col_sum.data());
+                      a.data(), rv.data(), row_sum.data(), col_sum.data(),
+                      ch + 1 < end ? hm + (ch + 1) * H * W : nullptr);
     for (int64_t r = 0; r < H; ++r) {
       T* o = gh + ch * H * W + r * W;
       const T rr = rv[r];
