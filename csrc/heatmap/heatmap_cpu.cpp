@@ -553,19 +553,22 @@ at::Tensor decode_backward_cpu(const at::Tensor& grad_coords, const at::Tensor& 
   return gh;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> softargmax_decode_cpu(const at::Tensor& logits, const at::Tensor& beta,
-                                                                      bool official_std) {
+// The fused forward, shared by heatmap_softargmax_decode (store_heatmaps) and
+// heatmap_softargmax_coords (each channel's heatmap lives in per-thread scratch; h is undefined).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward_cpu(const at::Tensor& logits, const at::Tensor& beta,
+                                                                  bool official_std, bool store_heatmaps) {
   check_maps(logits, "logits");
   check_beta(logits, beta);
   auto l = logits.contiguous();
   auto b = beta.contiguous();
   const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
-  auto h = empty_output_like(l);
+  const at::Tensor h = store_heatmaps ? empty_output_like(l) : at::Tensor();
   auto coords = at::empty({B, K, 2}, l.options());
   auto stdv = at::empty({B, K}, l.options());
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_cpu", [&] {
     const scalar_t *lp = l.data_ptr<scalar_t>(), *bp = b.data_ptr<scalar_t>();
-    scalar_t *hp = h.data_ptr<scalar_t>(), *cp = coords.data_ptr<scalar_t>(), *sp = stdv.data_ptr<scalar_t>();
+    scalar_t* hp = h.defined() ? h.data_ptr<scalar_t>() : nullptr;
+    scalar_t *cp = coords.data_ptr<scalar_t>(), *sp = stdv.data_ptr<scalar_t>();
     const int64_t bk = b.numel();
     at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
       softargmax_decode_range_typed(lp, lp, bp, bk, hp, cp, sp, K, H, W, official_std, begin, end);
@@ -574,21 +577,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softargmax_decode_cpu(const at::T
   return {h, coords, stdv};
 }
 
-std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cpu(
-    const std::optional<at::Tensor>& grad_heatmaps, const at::Tensor& grad_coords, const at::Tensor& grad_std,
-    const at::Tensor& logits, const at::Tensor& beta, const at::Tensor& heatmaps, const at::Tensor& coords,
-    const at::Tensor& stdv, bool official_std) {
-  const at::Tensor gin = check_fused_backward(grad_heatmaps, grad_coords, grad_std, logits, beta, heatmaps, coords, stdv);
-  auto l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
+// The fused backward, on checked arguments, shared by both ops: grad_heatmaps undefined when absent,
+// heatmaps undefined for the coords op (recomputed per channel from logits).
+std::tuple<at::Tensor, at::Tensor> fused_backward_cpu(const at::Tensor& grad_heatmaps, const at::Tensor& grad_coords,
+                                                      const at::Tensor& grad_std, const at::Tensor& logits,
+                                                      const at::Tensor& beta, const at::Tensor& heatmaps,
+                                                      const at::Tensor& coords, const at::Tensor& stdv,
+                                                      bool official_std) {
+  auto l = logits.contiguous(), b = beta.contiguous();
+  const at::Tensor h = heatmaps.defined() ? heatmaps.contiguous() : at::Tensor();
   auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
   const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
   auto gl = empty_output_like(l);
   auto gb = at::empty({B, K}, l.options());
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_backward_cpu", [&] {
-    const scalar_t* gip = gin.defined() ? gin.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gip = grad_heatmaps.defined() ? grad_heatmaps.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* hp = h.defined() ? h.data_ptr<scalar_t>() : nullptr;
     const scalar_t *gcp = gc.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>(), *lp = l.data_ptr<scalar_t>();
-    const scalar_t *bp = b.data_ptr<scalar_t>(), *hp = h.data_ptr<scalar_t>(), *cp = co.data_ptr<scalar_t>();
-    const scalar_t* sp = sd.data_ptr<scalar_t>();
+    const scalar_t *bp = b.data_ptr<scalar_t>(), *cp = co.data_ptr<scalar_t>(), *sp = sd.data_ptr<scalar_t>();
     scalar_t *glp = gl.data_ptr<scalar_t>(), *gbp = gb.data_ptr<scalar_t>();
     const int64_t bk = b.numel();
     at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
@@ -599,24 +605,22 @@ std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cpu(
   return {gl, gb};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softargmax_decode_cpu(const at::Tensor& logits, const at::Tensor& beta,
+                                                                      bool official_std) {
+  return fused_forward_cpu(logits, beta, official_std, /*store_heatmaps=*/true);
+}
+
+std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cpu(
+    const std::optional<at::Tensor>& grad_heatmaps, const at::Tensor& grad_coords, const at::Tensor& grad_std,
+    const at::Tensor& logits, const at::Tensor& beta, const at::Tensor& heatmaps, const at::Tensor& coords,
+    const at::Tensor& stdv, bool official_std) {
+  const at::Tensor gin = check_fused_backward(grad_heatmaps, grad_coords, grad_std, logits, beta, heatmaps, coords, stdv);
+  return fused_backward_cpu(gin, grad_coords, grad_std, logits, beta, heatmaps, coords, stdv, official_std);
+}
+
 std::tuple<at::Tensor, at::Tensor> softargmax_coords_cpu(const at::Tensor& logits, const at::Tensor& beta,
                                                           bool official_std) {
-  check_maps(logits, "logits");
-  check_beta(logits, beta);
-  auto l = logits.contiguous();
-  auto b = beta.contiguous();
-  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
-  auto coords = at::empty({B, K, 2}, l.options());
-  auto stdv = at::empty({B, K}, l.options());
-  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_coords_cpu", [&] {
-    const scalar_t *lp = l.data_ptr<scalar_t>(), *bp = b.data_ptr<scalar_t>();
-    scalar_t *cp = coords.data_ptr<scalar_t>(), *sp = stdv.data_ptr<scalar_t>();
-    const int64_t bk = b.numel();
-    at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
-      softargmax_decode_range_typed(lp, lp, bp, bk, static_cast<scalar_t*>(nullptr), cp, sp, K, H, W, official_std,
-                                    begin, end);
-    });
-  });
+  auto [h, coords, stdv] = fused_forward_cpu(logits, beta, official_std, /*store_heatmaps=*/false);
   return {coords, stdv};
 }
 
@@ -627,23 +631,8 @@ std::tuple<at::Tensor, at::Tensor> softargmax_coords_backward_cpu(const at::Tens
   check_maps(logits, "logits");
   check_beta(logits, beta);
   check_decode_grads(logits, grad_coords, grad_std, coords, stdv);
-  auto l = logits.contiguous(), b = beta.contiguous();
-  auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
-  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
-  auto gl = empty_output_like(l);
-  auto gb = at::empty({B, K}, l.options());
-  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_coords_backward_cpu", [&] {
-    const scalar_t *gcp = gc.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>(), *lp = l.data_ptr<scalar_t>();
-    const scalar_t *bp = b.data_ptr<scalar_t>(), *cp = co.data_ptr<scalar_t>(), *sp = sd.data_ptr<scalar_t>();
-    scalar_t *glp = gl.data_ptr<scalar_t>(), *gbp = gb.data_ptr<scalar_t>();
-    const int64_t bk = b.numel();
-    at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
-      softargmax_decode_backward_range_typed(lp, static_cast<const scalar_t*>(nullptr), gcp, gsp, lp, bp, bk,
-                                             static_cast<const scalar_t*>(nullptr), cp, sp, glp, gbp, K, H, W,
-                                             official_std, begin, end);
-    });
-  });
-  return {gl, gb};
+  return fused_backward_cpu(at::Tensor(), grad_coords, grad_std, logits, beta, at::Tensor(), coords, stdv,
+                            official_std);
 }
 
 }  // namespace

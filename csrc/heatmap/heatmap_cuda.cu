@@ -284,35 +284,40 @@ at::Tensor decode_backward_cuda(const at::Tensor& grad_coords, const at::Tensor&
   return gh;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> softargmax_decode_cuda(const at::Tensor& logits, const at::Tensor& beta,
-                                                                       bool official_std) {
+// The fused forward, shared by heatmap_softargmax_decode (store_heatmaps) and
+// heatmap_softargmax_coords (heatmaps recomputed where needed, never stored; h is undefined).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(const at::Tensor& logits, const at::Tensor& beta,
+                                                                   bool official_std, bool store_heatmaps) {
   check_maps(logits, "logits");
   check_beta(logits, beta);
   const c10::cuda::CUDAGuard guard(logits.device());
   auto l = logits.contiguous();
   auto b = beta.contiguous();
   const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
-  auto h = at::empty_like(l);
+  const at::Tensor h = store_heatmaps ? at::empty_like(l) : at::Tensor();
   auto coords = at::empty({B, K, 2}, l.options());
   auto stdv = at::empty({B, K}, l.options());
   if (B * K == 0) return {h, coords, stdv};
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_cuda", [&] {
     softargmax_decode_fwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
-        l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.data_ptr<scalar_t>(),
+        l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.defined() ? h.data_ptr<scalar_t>() : nullptr,
         coords.data_ptr<scalar_t>(), stdv.data_ptr<scalar_t>(), K, H, W, official_std);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {h, coords, stdv};
 }
 
-std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cuda(
-    const std::optional<at::Tensor>& grad_heatmaps, const at::Tensor& grad_coords, const at::Tensor& grad_std,
-    const at::Tensor& logits, const at::Tensor& beta, const at::Tensor& heatmaps, const at::Tensor& coords,
-    const at::Tensor& stdv, bool official_std) {
-  const at::Tensor gin = check_fused_backward(grad_heatmaps, grad_coords, grad_std, logits, beta, heatmaps, coords, stdv);
+// The fused backward, on checked arguments, shared by both ops: grad_heatmaps undefined when absent,
+// heatmaps undefined for the coords op (recomputed per channel from logits).
+std::tuple<at::Tensor, at::Tensor> fused_backward_cuda(const at::Tensor& grad_heatmaps, const at::Tensor& grad_coords,
+                                                       const at::Tensor& grad_std, const at::Tensor& logits,
+                                                       const at::Tensor& beta, const at::Tensor& heatmaps,
+                                                       const at::Tensor& coords, const at::Tensor& stdv,
+                                                       bool official_std) {
   const c10::cuda::CUDAGuard guard(logits.device());
-  auto l = logits.contiguous(), b = beta.contiguous(), h = heatmaps.contiguous();
+  auto l = logits.contiguous(), b = beta.contiguous();
+  const at::Tensor h = heatmaps.defined() ? heatmaps.contiguous() : at::Tensor();
   auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
   const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
   auto gl = at::empty_like(l);
@@ -321,32 +326,31 @@ std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cuda(
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_backward_cuda", [&] {
     softargmax_decode_bwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
-        gin.defined() ? gin.data_ptr<scalar_t>() : nullptr, gc.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(),
-        l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.data_ptr<scalar_t>(), co.data_ptr<scalar_t>(),
-        sd.data_ptr<scalar_t>(), gl.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), K, H, W, official_std);
+        grad_heatmaps.defined() ? grad_heatmaps.data_ptr<scalar_t>() : nullptr, gc.data_ptr<scalar_t>(),
+        gs.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(),
+        h.defined() ? h.data_ptr<scalar_t>() : nullptr, co.data_ptr<scalar_t>(), sd.data_ptr<scalar_t>(),
+        gl.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), K, H, W, official_std);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gl, gb};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softargmax_decode_cuda(const at::Tensor& logits, const at::Tensor& beta,
+                                                                       bool official_std) {
+  return fused_forward_cuda(logits, beta, official_std, /*store_heatmaps=*/true);
+}
+
+std::tuple<at::Tensor, at::Tensor> softargmax_decode_backward_cuda(
+    const std::optional<at::Tensor>& grad_heatmaps, const at::Tensor& grad_coords, const at::Tensor& grad_std,
+    const at::Tensor& logits, const at::Tensor& beta, const at::Tensor& heatmaps, const at::Tensor& coords,
+    const at::Tensor& stdv, bool official_std) {
+  const at::Tensor gin = check_fused_backward(grad_heatmaps, grad_coords, grad_std, logits, beta, heatmaps, coords, stdv);
+  return fused_backward_cuda(gin, grad_coords, grad_std, logits, beta, heatmaps, coords, stdv, official_std);
+}
+
 std::tuple<at::Tensor, at::Tensor> softargmax_coords_cuda(const at::Tensor& logits, const at::Tensor& beta,
                                                            bool official_std) {
-  check_maps(logits, "logits");
-  check_beta(logits, beta);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  auto l = logits.contiguous();
-  auto b = beta.contiguous();
-  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
-  auto coords = at::empty({B, K, 2}, l.options());
-  auto stdv = at::empty({B, K}, l.options());
-  if (B * K == 0) return {coords, stdv};
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_coords_cuda", [&] {
-    softargmax_decode_fwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
-        l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), nullptr, coords.data_ptr<scalar_t>(),
-        stdv.data_ptr<scalar_t>(), K, H, W, official_std);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  auto [h, coords, stdv] = fused_forward_cuda(logits, beta, official_std, /*store_heatmaps=*/false);
   return {coords, stdv};
 }
 
@@ -357,22 +361,8 @@ std::tuple<at::Tensor, at::Tensor> softargmax_coords_backward_cuda(const at::Ten
   check_maps(logits, "logits");
   check_beta(logits, beta);
   check_decode_grads(logits, grad_coords, grad_std, coords, stdv);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  auto l = logits.contiguous(), b = beta.contiguous();
-  auto gc = grad_coords.contiguous(), gs = grad_std.contiguous(), co = coords.contiguous(), sd = stdv.contiguous();
-  const int64_t B = l.size(0), K = l.size(1), H = l.size(2), W = l.size(3);
-  auto gl = at::empty_like(l);
-  auto gb = at::empty({B, K}, l.options());
-  if (B * K == 0) return {gl, gb};
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_coords_backward_cuda", [&] {
-    softargmax_decode_bwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
-        nullptr, gc.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
-        b.numel(), nullptr, co.data_ptr<scalar_t>(), sd.data_ptr<scalar_t>(), gl.data_ptr<scalar_t>(),
-        gb.data_ptr<scalar_t>(), K, H, W, official_std);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {gl, gb};
+  return fused_backward_cuda(at::Tensor(), grad_coords, grad_std, logits, beta, at::Tensor(), coords, stdv,
+                             official_std);
 }
 
 }  // namespace
