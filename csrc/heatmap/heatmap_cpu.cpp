@@ -110,19 +110,21 @@ template <typename T> struct Acc { using type = double; };
 
 int64_t grain(int64_t per_channel) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(per_channel, 1)); }
 
-template <typename T>
-LDEQ_INLINE void exp_shift(const T* x, T* y, int64_t n, T b, T m) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(b * (x[i] - m));
-}
-
 // Ask for the next channel's logits (into L2) while this channel computes from cache: the channel
 // max is otherwise the only pass that waits on DRAM. The AVX-512 exp pass interleaves one prefetch
-// per cache line it computes; the other bodies issue them up front. next == nullptr: last channel.
+// per cache line it computes; the portable one issues them up front. next == nullptr: last channel.
 template <typename T>
 LDEQ_INLINE void prefetch_channel(const T* next, int64_t n) {
   if (!next) return;
   for (int64_t i = 0; i < n; i += 64 / sizeof(T)) __builtin_prefetch(next + i, 0, 2);
+}
+
+// Portable y = exp(b (x - m)) over one channel, prefetching the next one (nullptr: none).
+template <typename T>
+LDEQ_INLINE void exp_shift(const T* x, T* y, int64_t n, T b, T m, const T* next) {
+  prefetch_channel(next, n);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(b * (x[i] - m));
 }
 
 // y = exp(b (x - m)) over one channel, float32: the pass that dominates the kernels' arithmetic.
@@ -164,26 +166,22 @@ __attribute__((target("arch=x86-64-v4"))) void exp_shift_f32(const float* x, flo
 }
 __attribute__((target("arch=x86-64-v3"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m,
                                                           const float* next) {
-  prefetch_channel(next, n);
-  exp_shift(x, y, n, b, m);
+  exp_shift(x, y, n, b, m, next);
 }
 __attribute__((target("default"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m,
                                                  const float* next) {
-  prefetch_channel(next, n);
-  exp_shift(x, y, n, b, m);
+  exp_shift(x, y, n, b, m, next);
 }
 #else
 void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m, const float* next) {
-  prefetch_channel(next, n);
-  exp_shift(x, y, n, b, m);
+  exp_shift(x, y, n, b, m, next);
 }
 #endif
 inline void exp_shift_vec(const float* x, float* y, int64_t n, float b, float m, const float* next) {
   exp_shift_f32(x, y, n, b, m, next);
 }
 inline void exp_shift_vec(const double* x, double* y, int64_t n, double b, double m, const double* next) {
-  prefetch_channel(next, n);
-  exp_shift(x, y, n, b, m);
+  exp_shift(x, y, n, b, m, next);
 }
 
 template <typename T>
