@@ -2,6 +2,10 @@
 // (sample, chunk) work split of the CPU kernels.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
 
 namespace ldeq {
 
@@ -17,6 +21,39 @@ constexpr int64_t kChunk = 32768;
 #define LDEQ_MULTIVERSION
 #endif
 constexpr int64_t kBlock = 512;
+
+// The CPU work split: fn(b, j0, j1, task) for every active sample b and chunk [j0, j1) of at most
+// kChunk elements of its d, in parallel; task (b * chunks + chunk) indexes per-task scratch.
+template <typename Fn>
+void for_each_active_chunk(int64_t B, int64_t d, const bool* active, const Fn& fn) {
+  const int64_t nchunks = (d + kChunk - 1) / kChunk;
+  at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nchunks, c = t % nchunks;
+      if (!active[b]) continue;
+      const int64_t j0 = c * kChunk;
+      fn(b, j0, std::min(d, j0 + kChunk), t);
+    }
+  });
+}
+
+// Per-sample sums of nout values over the chunks of d: fn(b, j0, j1, out) adds its chunk's share
+// into out[0..nout). Each task has its own partials, reduced in chunk order afterwards, so the sums
+// do not depend on the thread count. sums: (B, nout), zero for inactive samples.
+template <typename Fn>
+void for_each_active_chunk_sum(int64_t B, int64_t d, int64_t nout, const bool* active, double* sums, const Fn& fn) {
+  const int64_t nchunks = (d + kChunk - 1) / kChunk;
+  std::vector<double> partial(B * nchunks * nout, 0.0);
+  for_each_active_chunk(B, d, active, [&](int64_t b, int64_t j0, int64_t j1, int64_t task) {
+    fn(b, j0, j1, partial.data() + task * nout);
+  });
+  std::fill(sums, sums + B * nout, 0.0);
+  for (int64_t b = 0; b < B; ++b) {
+    if (!active[b]) continue;
+    for (int64_t c = 0; c < nchunks; ++c)
+      for (int64_t k = 0; k < nout; ++k) sums[b * nout + k] += partial[(b * nchunks + c) * nout + k];
+  }
+}
 
 inline void check_state(const at::Tensor& t, const char* name, int64_t B, int64_t d,
                         const at::Tensor& like) {

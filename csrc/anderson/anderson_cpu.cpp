@@ -38,48 +38,32 @@ LDEQ_MULTIVERSION void update_task(const scalar_t* x, scalar_t* g, const scalar_
   }
 }
 
-template <typename scalar_t>
-void update_kernel(at::Tensor& X, at::Tensor& G, const at::Tensor& fz, int64_t slot, int64_t n, const bool* act,
-                   double* partial_data, int64_t nchunks, int64_t nout, int64_t B, int64_t d) {
-  const scalar_t* Xp = X.data_ptr<scalar_t>();
-  scalar_t* Gp = G.data_ptr<scalar_t>();
-  const scalar_t* Fp = fz.data_ptr<scalar_t>();
-  at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / nchunks, c = t % nchunks;
-      if (!act[b]) continue;
-      const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
-      update_task<scalar_t>(Xp + (slot * B + b) * d, Gp + (slot * B + b) * d, Fp + b * d, Gp + b * d, B * d, n,
-                            j0, j1, partial_data + t * nout);
-    }
-  });
-}
-
-// One new Gram row + squared norms. Task = (sample b, chunk); partial sums per task are reduced
-// at the end so the result does not depend on the thread count.
+// One new Gram row + squared norms, per (sample, chunk) task (see for_each_active_chunk_sum).
 std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(at::Tensor X, at::Tensor G, const at::Tensor& fz,
                                                        at::Tensor H, int64_t slot, int64_t n,
                                                        const at::Tensor& active) {
   check_anderson_update(X, G, fz, H, slot, n, active);
   const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
-  const int64_t nchunks = (d + kChunk - 1) / kChunk;
   const int64_t nout = n + 1;  // n Gram entries, then ||fz||^2 (||g||^2 is the slot entry)
-  std::vector<double> partial(B * nchunks * nout, 0.0);
+  std::vector<double> sums(B * nout);
   const bool* act = active.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_update_cpu", [&] {
-    update_kernel<scalar_t>(X, G, fz, slot, n, act, partial.data(), nchunks, nout, B, d);
+    const scalar_t* Xp = X.data_ptr<scalar_t>();
+    scalar_t* Gp = G.data_ptr<scalar_t>();
+    const scalar_t* Fp = fz.data_ptr<scalar_t>();
+    for_each_active_chunk_sum(B, d, nout, act, sums.data(), [&](int64_t b, int64_t j0, int64_t j1, double* out) {
+      update_task<scalar_t>(Xp + (slot * B + b) * d, Gp + (slot * B + b) * d, Fp + b * d, Gp + b * d, B * d, n,
+                            j0, j1, out);
+    });
   });
   auto opts = X.options().dtype(at::kDouble);
   at::Tensor res_sq = at::zeros({B}, opts), fz_sq = at::zeros({B}, opts);
   double* Hp = H.data_ptr<double>();
   double* rp = res_sq.data_ptr<double>();
   double* fp = fz_sq.data_ptr<double>();
-  std::vector<double> row(nout);
   for (int64_t b = 0; b < B; ++b) {
     if (!act[b]) continue;
-    std::fill(row.begin(), row.end(), 0.0);
-    for (int64_t c = 0; c < nchunks; ++c)
-      for (int64_t k = 0; k < nout; ++k) row[k] += partial[(b * nchunks + c) * nout + k];
+    const double* row = sums.data() + b * nout;
     double* Hb = Hp + b * m * m;
     for (int64_t i = 0; i < n; ++i) { Hb[slot * m + i] = row[i]; Hb[i * m + slot] = row[i]; }
     rp[b] = row[slot];
@@ -126,30 +110,18 @@ LDEQ_MULTIVERSION void mix_task(scalar_t* Xb, const scalar_t* Gb, int64_t stride
   }
 }
 
-template <typename scalar_t>
-void mix_kernel(at::Tensor& X, const at::Tensor& G, const double* ap, double beta, int64_t slot, int64_t n,
-                const bool* act, int64_t nchunks, int64_t B, int64_t d) {
-  scalar_t* Xp = X.data_ptr<scalar_t>();
-  const scalar_t* Gp = G.data_ptr<scalar_t>();
-  at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / nchunks, c = t % nchunks;
-      if (!act[b]) continue;
-      const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk);
-      mix_task<scalar_t>(Xp + b * d, Gp + b * d, B * d, ap + b * n, beta, slot, n, j0, j1);
-    }
-  });
-}
-
 void anderson_mix_cpu(at::Tensor X, const at::Tensor& G, const at::Tensor& alpha, double beta, int64_t slot,
                       int64_t n, const at::Tensor& active) {
   check_anderson_mix(X, G, alpha, slot, n, active);
-  const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
-  const int64_t nchunks = (d + kChunk - 1) / kChunk;
+  const int64_t B = X.size(1), d = X.size(2);
   const bool* act = active.data_ptr<bool>();
   const double* ap = alpha.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_mix_cpu", [&] {
-    mix_kernel<scalar_t>(X, G, ap, beta, slot, n, act, nchunks, B, d);
+    scalar_t* Xp = X.data_ptr<scalar_t>();
+    const scalar_t* Gp = G.data_ptr<scalar_t>();
+    for_each_active_chunk(B, d, act, [&](int64_t b, int64_t j0, int64_t j1, int64_t) {
+      mix_task<scalar_t>(Xp + b * d, Gp + b * d, B * d, ap + b * n, beta, slot, n, j0, j1);
+    });
   });
 }
 

@@ -46,47 +46,25 @@ LDEQ_MULTIVERSION void pass1_task(const scalar_t* Ub, const scalar_t* Vb, int64_
   }
 }
 
-template <typename scalar_t>
-void pass1_kernel(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
-                  const at::Tensor& z, const at::Tensor& g_old, at::Tensor& g_new, int64_t n, const bool* act,
-                  double* partial_data, int64_t nchunks, int64_t nout, int64_t B, int64_t d) {
-  const scalar_t* Up = U.data_ptr<scalar_t>();
-  const scalar_t* Vp = V.data_ptr<scalar_t>();
-  const scalar_t* dxp = dx.data_ptr<scalar_t>();
-  const scalar_t* fzp = fz.data_ptr<scalar_t>();
-  const scalar_t* zp = z.data_ptr<scalar_t>();
-  const scalar_t* gop = g_old.data_ptr<scalar_t>();
-  scalar_t* gnp = g_new.data_ptr<scalar_t>();
-  at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / nchunks, c = t % nchunks;
-      if (!act[b]) continue;
-      const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk), o = b * d;
-      pass1_task<scalar_t>(Up + o, Vp + o, B * d, dxp + o, fzp + o, zp + o, gop + o, gnp + o, n, j0, j1,
-                           partial_data + t * nout);
-    }
-  });
-}
-
 at::Tensor broyden_pass1_cpu(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
                              const at::Tensor& z, const at::Tensor& g_old, at::Tensor g_new, int64_t n,
                              const at::Tensor& active) {
   check_broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, active);
   const int64_t B = fz.size(0), d = fz.size(1);
-  const int64_t nchunks = (d + kChunk - 1) / kChunk;
   const int64_t nout = 3 * n + 4;
-  std::vector<double> partial(B * nchunks * nout, 0.0);
+  at::Tensor res = at::empty({B, nout}, fz.options().dtype(at::kDouble));
   const bool* act = active.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fz.scalar_type(), "broyden_pass1_cpu", [&] {
-    pass1_kernel<scalar_t>(U, V, dx, fz, z, g_old, g_new, n, act, partial.data(), nchunks, nout, B, d);
+    const scalar_t *Up = U.data_ptr<scalar_t>(), *Vp = V.data_ptr<scalar_t>(), *dxp = dx.data_ptr<scalar_t>();
+    const scalar_t *fzp = fz.data_ptr<scalar_t>(), *zp = z.data_ptr<scalar_t>(), *gop = g_old.data_ptr<scalar_t>();
+    scalar_t* gnp = g_new.data_ptr<scalar_t>();
+    for_each_active_chunk_sum(B, d, nout, act, res.data_ptr<double>(),
+                              [&](int64_t b, int64_t j0, int64_t j1, double* out) {
+                                const int64_t o = b * d;
+                                pass1_task<scalar_t>(Up + o, Vp + o, B * d, dxp + o, fzp + o, zp + o, gop + o,
+                                                     gnp + o, n, j0, j1, out);
+                              });
   });
-  at::Tensor res = at::zeros({B, nout}, fz.options().dtype(at::kDouble));
-  double* rp = res.data_ptr<double>();
-  for (int64_t b = 0; b < B; ++b) {
-    if (!act[b]) continue;
-    for (int64_t c = 0; c < nchunks; ++c)
-      for (int64_t k = 0; k < nout; ++k) rp[b * nout + k] += partial[(b * nchunks + c) * nout + k];
-  }
   return res;
 }
 
@@ -134,38 +112,22 @@ LDEQ_MULTIVERSION void pass2_task(scalar_t* Ub, scalar_t* Vb, int64_t stride, sc
   }
 }
 
-template <typename scalar_t>
-void pass2_kernel(at::Tensor& U, at::Tensor& V, at::Tensor& dx, const at::Tensor& z, at::Tensor& z_next,
-                  const at::Tensor& g_new, const at::Tensor& g_old, const double* cp, int64_t slot, int64_t n,
-                  const bool* act, int64_t nchunks, int64_t B, int64_t d) {
-  scalar_t* Up = U.data_ptr<scalar_t>();
-  scalar_t* Vp = V.data_ptr<scalar_t>();
-  scalar_t* dxp = dx.data_ptr<scalar_t>();
-  const scalar_t* zp = z.data_ptr<scalar_t>();
-  scalar_t* znp = z_next.data_ptr<scalar_t>();
-  const scalar_t* gnp = g_new.data_ptr<scalar_t>();
-  const scalar_t* gop = g_old.data_ptr<scalar_t>();
-  at::parallel_for(0, B * nchunks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / nchunks, c = t % nchunks;
-      if (!act[b]) continue;
-      const int64_t j0 = c * kChunk, j1 = std::min(d, j0 + kChunk), o = b * d;
-      pass2_task<scalar_t>(Up + o, Vp + o, B * d, dxp + o, zp + o, znp + o, gnp + o, gop + o,
-                           cp + b * (3 * n + 1), slot, n, j0, j1);
-    }
-  });
-}
-
 void broyden_pass2_cpu(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,
                        const at::Tensor& g_new, const at::Tensor& g_old, const at::Tensor& coef, int64_t slot,
                        int64_t n, const at::Tensor& active) {
   check_broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active);
   const int64_t B = z.size(0), d = z.size(1);
-  const int64_t nchunks = (d + kChunk - 1) / kChunk;
   const bool* act = active.data_ptr<bool>();
   const double* cp = coef.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "broyden_pass2_cpu", [&] {
-    pass2_kernel<scalar_t>(U, V, dx, z, z_next, g_new, g_old, cp, slot, n, act, nchunks, B, d);
+    scalar_t *Up = U.data_ptr<scalar_t>(), *Vp = V.data_ptr<scalar_t>(), *dxp = dx.data_ptr<scalar_t>();
+    const scalar_t *zp = z.data_ptr<scalar_t>(), *gnp = g_new.data_ptr<scalar_t>(), *gop = g_old.data_ptr<scalar_t>();
+    scalar_t* znp = z_next.data_ptr<scalar_t>();
+    for_each_active_chunk(B, d, act, [&](int64_t b, int64_t j0, int64_t j1, int64_t) {
+      const int64_t o = b * d;
+      pass2_task<scalar_t>(Up + o, Vp + o, B * d, dxp + o, zp + o, znp + o, gnp + o, gop + o,
+                           cp + b * (3 * n + 1), slot, n, j0, j1);
+    });
   });
 }
 
