@@ -21,11 +21,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
+from _memory import reset_peak_rss, status_kb
 from torch import nn
+
+from ldeq._io import atomic_savefig, atomic_write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -74,39 +76,21 @@ def unrolled_step(cell, x, z0, k):
     z.pow(2).mean().backward()
 
 
-def _status_kb(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _child_memory(mode, k, B, C, H, threads):
     """Runs in a fresh process: one training step; prints a JSON line with the RSS figures."""
     torch.set_num_threads(threads)
     cell, x, z0 = make_problem(B, C, H)
-    before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # reset VmHWM to the current RSS: the peak below belongs to this step only
+    before = status_kb("VmRSS")
+    reset_peak_rss()  # the peak below belongs to this step only
     t0 = time.perf_counter()
     if mode == "unrolled":
         unrolled_step(cell, x, z0, k)
     else:
         ldeq_step(cell, x, z0, k, grad=mode)
     dt = time.perf_counter() - t0
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     print(json.dumps(dict(mode=mode, k=k, rss_before_mb=before / 1024, peak_mb=peak / 1024,
                           step_peak_mb=(peak - before) / 1024, seconds=dt)))
-
-
-def _atomic_write(path, data: bytes):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
 
 
 def run_memory(args):
@@ -131,7 +115,7 @@ def run_memory(args):
     state_mb = args.B * args.C * args.H * args.H * 4 / 2 ** 20
     result = dict(config=dict(B=args.B, C=args.C, H=args.H, threads=args.threads, state_mb=state_mb,
                               solver="anderson", repeats=args.repeats, metric=args.metric), rows=rows)
-    _atomic_write(args.json, json.dumps(result, indent=1).encode())
+    atomic_write_json(args.json, result, indent=1)
     print(f"state z: {args.B}x{args.C}x{args.H}x{args.H} float32 = {state_mb:.1f} MB")
     print("| mode | max_iter | step peak (MB over pre-step RSS) | process peak RSS (MB) | step time (s) |")
     print("|---|---|---|---|---|")
@@ -141,8 +125,6 @@ def run_memory(args):
 
 def run_plot(args):
     """One figure from the JSON files of `memory` runs (e.g. the allocated and touched metrics)."""
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -167,10 +149,7 @@ def run_plot(args):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = args.out
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    _atomic_write(path, buf.getvalue())
+    path = atomic_savefig(fig, args.out)
     print(f"plot written to {path}")
 
 
@@ -259,8 +238,7 @@ def run_time(args):
                          rounds_ratio_wall=[t[0] / o[0] for o, t in zip(res["ldeq"], res["torchdeq"])],
                          rounds_ratio_cpu=[t[1] / o[1] for o, t in zip(res["ldeq"], res["torchdeq"])]))
         print(rows[-1], flush=True)
-    _atomic_write(args.json, json.dumps(dict(threads=args.threads, load=os.getloadavg(), rows=rows),
-                                        indent=1).encode())
+    atomic_write_json(args.json, dict(threads=args.threads, load=os.getloadavg(), rows=rows), indent=1)
     print(f"threads={args.threads}, load average at the end {os.getloadavg()[0]:.1f}")
     print("| cell | state (B,C,H,W) | iters fwd/bwd | f alone (ms) | ldeq step wall / CPU (ms) "
           "| torchdeq step wall / CPU (ms) | speed-up wall / CPU (median) | CPU speed-up per round |")

@@ -15,17 +15,17 @@ Results are printed as a markdown table and written to benchmarks/results/model_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import torch
+from _memory import reset_peak_rss, status_kb
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ldeq._io import atomic_write_json  # noqa: E402
 from ldeq.model import LDEQ, LDEQConfig  # noqa: E402
 
 PRESETS = {
@@ -35,32 +35,23 @@ PRESETS = {
 }
 
 
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return -1
-
-
 def _reset_peak(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
     try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # VmHWM := current RSS, so the peak read afterwards belongs to this call
+        reset_peak_rss()  # the peak read afterwards belongs to this call
     except OSError:
         pass
-    return _status_kb("VmRSS") * 1024
+    return status_kb("VmRSS") * 1024
 
 
 def _peak(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated()
-    return _status_kb("VmHWM") * 1024
+    return status_kb("VmHWM") * 1024
 
 
 @torch.no_grad()
@@ -141,12 +132,8 @@ def main(argv=None):
     print(md)
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                 f"model_{torch.device(a.device).type}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".tmp_")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({**res, "markdown": md, "command": "python benchmarks/bench_model.py " + " ".join(argv or sys.argv[1:])},
-                  fh, indent=2)
-    os.replace(tmp, out)
+    atomic_write_json(out, {**res, "markdown": md,
+                            "command": "python benchmarks/bench_model.py " + " ".join(argv or sys.argv[1:])}, indent=2)
     return 0
 
 

@@ -18,10 +18,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
+from _memory import reset_peak_rss, status_kb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -50,31 +50,24 @@ def make_step(mode: str, k: int, image_size: int = 128, B: int = 4, seed: int = 
     return TrainStep(model, cfg), images, k
 
 
-def _status_kb(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _child(mode, k, B, image_size, threads):
     torch.set_num_threads(threads)
     step, images, max_iter = make_step(mode, k, image_size, B)
-    before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # VmHWM := current RSS, so the peak below belongs to this step
+    before = status_kb("VmRSS")
+    reset_peak_rss()  # the peak below belongs to this step
     t0 = time.perf_counter()
     out = step(images, max_iter)
     out.keypoints.sum().backward()
     dt = time.perf_counter() - t0
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     print(json.dumps(dict(mode=mode, k=k, step_peak_mb=(peak - before) / 1024, peak_mb=peak / 1024,
                           seconds=dt, nstep=out.nstep)))
 
 
 def run(args):
     from tqdm import tqdm
+
+    from ldeq._io import atomic_write_json
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072",
                MALLOC_PERTURB_="1", OMP_NUM_THREADS=str(args.threads), PYTHONPATH=ROOT)
     rows = []
@@ -90,10 +83,7 @@ def run(args):
     state_mb = args.B * 98 * S * S * 4 / 2 ** 20
     result = dict(config=dict(B=args.B, image_size=args.image_size, widths=WIDTHS, threads=args.threads,
                               repeats=args.repeats, state_mb=state_mb), rows=rows)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.json)), suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(result, fh, indent=1)
-    os.replace(tmp, args.json)
+    atomic_write_json(args.json, result, indent=1)
     ref = {r["k"]: r["step_peak_mb"] for r in rows if r["mode"] == "explicit"}
     print(f"LDEQ {WIDTHS}, batch {args.B}, {args.image_size}px (z: {state_mb:.1f} MB)")
     print("| mode | max_iter / depth | step peak MB | vs explicit same k | step s |")

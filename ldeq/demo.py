@@ -10,11 +10,12 @@ Everything lands in the output folder, whose path is printed at the start and th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import List, Optional
+
+from ._io import atomic_write_json, atomic_write_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,12 +75,7 @@ def write_report(out: str, cfg, summary: dict, eval_result: dict, baseline: dict
     if video is not None:
         text += ["## RwR on video", "", f"See [video/video_table.md](video/video_table.md) and "
                  "video/video_annotated.mp4.", "", "![nmf](video/video_nmf.png)", ""]
-    path = os.path.join(out, "report.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(text))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(os.path.join(out, "report.md"), "\n".join(text))
 
 
 def run_demo(out: str, minutes: float = 8.0, overrides: List[str] = (), video: bool = True,
@@ -131,10 +127,7 @@ def run_demo(out: str, minutes: float = 8.0, overrides: List[str] = (), video: b
     report = write_report(out, cfg, summary, result, baseline, timings, video_res)
     res = {"report": report, "summary": summary, "eval": result["splits"], "baseline": baseline,
            "timings": timings}
-    tmp = os.path.join(out, "demo_summary.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(res, f, indent=2, default=str)
-    os.replace(tmp, os.path.join(out, "demo_summary.json"))
+    atomic_write_json(os.path.join(out, "demo_summary.json"), res, indent=2, default=str)
     test = result["splits"].get("test", {})
     print(f"ldeq demo: test NME {test.get('nme', float('nan')):.2f} % (mean-shape baseline {baseline['nme']:.2f} %) "
           f"after {summary['steps']} steps; training+evaluation {timings['total_s']:.0f} s")

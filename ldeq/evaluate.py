@@ -11,14 +11,14 @@ WFLW test subsets by their attributes. Writes to OUT: ``metrics.json``, ``ced.pn
 ``grid.png`` (ground truth green, predictions red), all atomically.
 """
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
+
+from ._io import atomic_write_json
 
 SPLIT_ORDER = ("test", "test_largepose", "test_expression", "test_illumination", "test_makeup",
                "test_occlusion", "test_blur")
@@ -132,20 +132,6 @@ def predict(model, ds, batch_size, workers, device, cache, limit=None, progress=
     return preds, gts, nstep
 
 
-def _atomic_write_text(path, text):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -184,7 +170,7 @@ def evaluate(args) -> dict:
               "config": model.cfg.to_dict(),
               "splits": {r.split: {"n": r.n, "nme": r.nme, "fr": r.fr, "auc": r.auc, **info[r.split]}
                          for r in rows}}
-    _atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(result, indent=2))
+    atomic_write_json(os.path.join(args.out, "metrics.json"), result, indent=2)
     plot_ced(nmes, os.path.join(args.out, "ced.png"), title=f"CED ({args.data})")
     if args.grid > 0 and first is not None:
         ds, preds, gts = first

@@ -12,11 +12,12 @@ scale free. Inputs are numpy arrays or torch tensors of shape (N, K, 2).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.integrate import simpson
+
+from ._io import atomic_savefig
 
 __all__ = ["IOD_INDICES", "nme_per_image", "failure_rate", "auc", "ced_curve", "SplitMetrics",
            "split_metrics", "metrics_table", "format_table", "plot_ced"]
@@ -140,15 +141,4 @@ def plot_ced(per_split: dict, path, threshold: float = 0.10, title: str = "CED")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=d)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_savefig(fig, path)

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from .topology import FLIP_PERM, NUM_LANDMARKS
 from .transforms import to_tensor
+from .visualize import write_png
 
 __all__ = ["FaceParams", "random_face_params", "face_landmarks", "render_face", "face_attributes",
            "interpolate_params", "SyntheticFaces", "export_wflw_cropped"]
@@ -573,11 +574,7 @@ def export_wflw_cropped(root, n_train: int = 200, n_test: int = 100, seed: int =
         for i in tqdm(range(n), desc=f"synthetic {split}", disable=not progress):
             name = f"{i:06d}.png"
             img, lm = ds.render(i)
-            path = os.path.join(root, split, name)
-            tmp = os.path.join(root, split, f".tmp_{name}")
-            if not cv2.imwrite(tmp, cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-                raise OSError(f"could not write {tmp}")
-            os.replace(tmp, path)
+            write_png(os.path.join(root, split, name), img)
             entries.append((name, lm / out_size))
             if split == "test":
                 flags = face_attributes(ds.params(i))

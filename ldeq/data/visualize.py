@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import cv2
 import numpy as np
+
+from .._io import atomic_save
 
 __all__ = ["draw_landmarks", "landmark_grid", "write_png"]
 
@@ -46,18 +47,12 @@ def draw_landmarks(image, landmarks, colour=GT_COLOUR, radius: int = 1, units: s
 def write_png(path, image) -> str:
     """Write an RGB uint8 image as PNG atomically (temp file + rename)."""
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=d)
-    os.close(fd)
-    try:
-        if not cv2.imwrite(tmp, cv2.cvtColor(_to_uint8(image), cv2.COLOR_RGB2BGR)):
+    bgr = cv2.cvtColor(_to_uint8(image), cv2.COLOR_RGB2BGR)
+
+    def _write(tmp):
+        if not cv2.imwrite(tmp, bgr):
             raise OSError(f"could not write {path}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_save(path, _write, suffix=".png")
 
 
 def landmark_grid(images, gts=None, preds=None, ncols: int = 4, path=None) -> np.ndarray:

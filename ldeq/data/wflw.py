@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._io import atomic_write_text
 from .crop import square_crop_affine, transform_points, warp_image
 from .topology import NUM_LANDMARKS
 from .transforms import to_tensor
@@ -120,14 +121,13 @@ def read_annotation_list(path):
 
 def write_cropped_list(path, entries) -> None:
     """Write ``[(relative path, (98, 2) landmarks in [0, 1])]`` as a pre-cropped list (atomic)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rel, lm in entries:
-            lm = np.asarray(lm, dtype=np.float64).reshape(-1)
-            if lm.size != _NCOORD or " " in rel:
-                raise ValueError(f"entry {rel!r}: expected a path without spaces and {_NCOORD} coordinates")
-            f.write(rel + " " + " ".join(f"{v:.6f}" for v in lm) + "\n")
-    os.replace(tmp, path)
+    lines = []
+    for rel, lm in entries:
+        lm = np.asarray(lm, dtype=np.float64).reshape(-1)
+        if lm.size != _NCOORD or " " in rel:
+            raise ValueError(f"entry {rel!r}: expected a path without spaces and {_NCOORD} coordinates")
+        lines.append(rel + " " + " ".join(f"{v:.6f}" for v in lm) + "\n")
+    atomic_write_text(path, "".join(lines))
 
 
 def read_image(path, source: str = "") -> np.ndarray:

@@ -11,11 +11,11 @@ are missing the widths are inferred from tensor shapes. Saving is atomic (temp f
 import argparse
 import os
 import pickle
-import tempfile
 from typing import Any, Dict, Optional
 
 import torch
 
+from .._io import atomic_save
 from .config import LDEQConfig
 from .ldeq import LDEQ
 
@@ -157,16 +157,7 @@ def save_checkpoint(model: LDEQ, path, extra: Optional[Dict[str, Any]] = None) -
 
 def atomic_torch_save(obj, path) -> None:
     """torch.save to a temp file in the same folder, fsync, then os.replace (never a half file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def _write(tmp):
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_save(path, _write, suffix=".pt", fsync=True)

@@ -1,10 +1,13 @@
 """Metrics on disk (JSONL + CSV, one row per logged step, flushed at once so an interrupted run
 keeps its history), TensorBoard when the package is installed, and the loss/NME curves PNG."""
 import csv
+import io
 import json
 import os
 import warnings
 from typing import Dict, List, Optional
+
+from .._io import atomic_savefig, atomic_write_text
 
 
 
@@ -37,21 +40,16 @@ class MetricsWriter:
 
     def _rewrite(self, rows: List[dict]) -> None:
         # Rewritten through temp files: a kill here leaves the old files intact.
-        tmp = self.jsonl_path + ".tmp"
-        with open(tmp, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.jsonl_path)
+        atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
         for kind, path in self.csv_paths.items():
             mine = [r for r in rows if self._kind(r) == kind]
             self._columns[kind] = list(mine[0].keys()) if mine else None
-            tmp = path + ".tmp"
-            with open(tmp, "w", newline="") as f:
-                if mine:
-                    w = csv.DictWriter(f, fieldnames=self._columns[kind], extrasaction="ignore")
-                    w.writeheader()
-                    w.writerows(mine)
-            os.replace(tmp, path)
+            text = io.StringIO(newline="")
+            if mine:
+                w = csv.DictWriter(text, fieldnames=self._columns[kind], extrasaction="ignore")
+                w.writeheader()
+                w.writerows(mine)
+            atomic_write_text(path, text.getvalue(), newline="")
 
     def write(self, row: Dict[str, float]) -> None:
         with open(self.jsonl_path, "a") as f:
@@ -121,8 +119,4 @@ def plot_curves(rows: List[dict], path: str) -> Optional[str]:
     for a in axes:
         a.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic_savefig(fig, path, dpi=110)

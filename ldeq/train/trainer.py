@@ -8,7 +8,6 @@ and at the end; evaluation (EMA weights) every ``eval_every`` steps and at the e
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .._io import atomic_write_json
 from . import checkpoint as ckpt
 from .config import Config, config_from_dict
 from .data import batch_stream
@@ -318,10 +318,7 @@ def export_model(path: str, task, model: nn.Module, ema: Optional[EMA], cfg: Con
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_jsonable)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=2, default=_jsonable)
 
 
 def _jsonable(o):

@@ -22,6 +22,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from .._io import atomic_write_text
 from .evaluate import DEFAULT_FILTERS, compare, format_table, write_json
 from .filters import filter_with_gaps, make_filter
 from .io import (AtomicVideoWriter, HaarFaceDetector, NoFaceError, VideoError, VideoReader, draw_landmarks,
@@ -207,10 +208,7 @@ def run_eval(argv: List[str]) -> int:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         write_json(os.path.join(args.out, "results.json"), results)
-        tmp = os.path.join(args.out, "table.md.tmp")
-        with open(tmp, "w") as fh:
-            fh.write("\n\n".join(tables) + "\n")
-        os.replace(tmp, os.path.join(args.out, "table.md"))
+        atomic_write_text(os.path.join(args.out, "table.md"), "\n\n".join(tables) + "\n")
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from .._io import atomic_savefig, atomic_write_text
 from .evaluate import DEFAULT_FILTERS, compare, format_table, write_json
 from .io import AtomicVideoWriter, draw_landmarks
 from .rwr import RwRConfig
@@ -36,10 +37,7 @@ def _bar_chart(path: str, rows, title: str) -> None:
     ax.set_ylabel("NMF (lower = less flicker)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path, dpi=110)
 
 
 def _annotated_video(path: str, video, preds: dict, methods, fps: float) -> None:
@@ -81,10 +79,7 @@ def run_video_demo(checkpoint: str, out_dir: str, n_videos: int = 4, n_frames: i
                 + ", ".join(f"{k} {v}" for k, v in (DEFAULT_FILTERS if filters is None else filters).items()))
     files = [os.path.join(out_dir, n) for n in ("video_table.md", "video_results.json", "video_nmf.png",
                                                  "video_annotated.mp4")]
-    tmp = files[0] + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(f"# RwR on synthetic video\n\n{settings}\n\n{format_table(rows)}\n")
-    os.replace(tmp, files[0])
+    atomic_write_text(files[0], f"# RwR on synthetic video\n\n{settings}\n\n{format_table(rows)}\n")
     write_json(files[1], {"settings": settings, "rows": rows})
     _bar_chart(files[2], rows, f"NMF on {n_videos} synthetic clips")
     _annotated_video(files[3], videos[0], {m: preds[m][0] for m in ("off", "warm", "prox")}, ["off", "warm", "prox"],

@@ -4,13 +4,12 @@ for each classic filter applied to the per-frame ('off') predictions.
 ``compare(solve, videos, boxes, gts, ...)`` runs everything and returns rows
 ``{'method', 'nme', 'nmf', 'n_videos', 'sec', 'frames'}``; ``format_table`` renders them as markdown.
 """
-import json
-import os
 import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .._io import atomic_write_json
 from .filters import filter_with_gaps, make_filter
 from .metrics import dataset_video_metrics
 from .rwr import RwRConfig, RwRRunner
@@ -67,8 +66,5 @@ def format_table(rows: List[dict], baseline: str = "off") -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """Atomic JSON write."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=float)
-    os.replace(tmp, path)
+    """Atomic JSON write (numpy scalars as floats)."""
+    atomic_write_json(path, obj, indent=2, default=float)

@@ -7,10 +7,11 @@ All files are written atomically (temp file + os.replace), so an interrupted run
 truncated file under the final name.
 """
 import os
-import tempfile
 from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
+
+from .._io import atomic_save, publish, temp_path_beside
 
 
 def _cv2():
@@ -78,10 +79,7 @@ class AtomicVideoWriter:
     def __init__(self, path: str, fps: float, size):
         cv2 = _cv2()
         self.path = str(path)
-        d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(suffix=".mp4", prefix=".tmp_", dir=d)  # .mp4: OpenCV picks the container by suffix
-        os.close(fd)
+        self._tmp = temp_path_beside(self.path, ".mp4")  # .mp4: OpenCV picks the container by suffix
         self.size = (int(size[0]), int(size[1]))
         self._w = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), self.size)
         if not self._w.isOpened():
@@ -102,7 +100,7 @@ class AtomicVideoWriter:
         self._w.release()
         self._w = None
         if self.n_frames:
-            _publish(self._tmp, self.path)
+            publish(self._tmp, self.path)
         else:
             os.unlink(self._tmp)
 
@@ -231,28 +229,6 @@ class HaarFaceDetector:
         return smooth_boxes(raw, self.smoothing_alpha, self.max_hold)
 
 
-def _publish(tmp: str, path: str) -> None:
-    # mkstemp files are private (0600); give the result the usual permissions (umask) before the move
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def _atomic_save(path: str, write: Callable[[str], None], suffix: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".tmp_", dir=d)
-    os.close(fd)
-    try:
-        write(tmp)
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_landmarks(stem: str, landmarks: np.ndarray) -> List[str]:
     """Writes (T, K, 2) frame-pixel landmarks to ``stem.npy`` and ``stem.csv`` (columns
     frame, x0, y0, ..., x{K-1}, y{K-1}; NaN for skipped frames), atomically. Returns the paths."""
@@ -268,8 +244,8 @@ def save_landmarks(stem: str, landmarks: np.ndarray) -> List[str]:
         data = np.concatenate([np.arange(T, dtype=np.float64)[:, None], lm.reshape(T, 2 * K)], axis=1)
         np.savetxt(tmp, data, delimiter=",", header=header, comments="", fmt=["%d"] + ["%.3f"] * (2 * K))
 
-    _atomic_save(stem + ".npy", _npy, ".npy")
-    _atomic_save(stem + ".csv", _csv, ".csv")
+    atomic_save(stem + ".npy", _npy, ".npy")
+    atomic_save(stem + ".csv", _csv, ".csv")
     return [stem + ".npy", stem + ".csv"]
 
 

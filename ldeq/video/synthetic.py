@@ -151,6 +151,7 @@ def write_wflwv_root(root: str, n_per_split: int = 4, n_frames: int = 90, seed: 
 
     from tqdm.auto import tqdm
 
+    from .._io import atomic_save, atomic_write_text
     from .io import write_video
 
     ids = {"easy": [f"synth_easy_{i:03d}" for i in range(n_per_split)],
@@ -163,12 +164,7 @@ def write_wflwv_root(root: str, n_per_split: int = 4, n_frames: int = 90, seed: 
                                  events=EVENTS if split == "hard" else ())
         write_video(os.path.join(root, "videos", f"{vid}.mp4"), v.frames, v.fps)
         for sub, arr in (("bboxes", v.boxes), ("landmarks", v.landmarks)):
-            tmp = os.path.join(root, sub, f".tmp_{vid}.npy")
-            np.save(tmp, arr)
-            os.replace(tmp, os.path.join(root, sub, f"{vid}.npy"))
+            atomic_save(os.path.join(root, sub, f"{vid}.npy"), lambda tmp: np.save(tmp, arr), suffix=".npy")
     for split, lst in ids.items():
-        path = os.path.join(root, "splits", f"{split}_video_IDs.txt")
-        with open(path + ".tmp", "w") as fh:
-            fh.write("\n".join(lst) + "\n")
-        os.replace(path + ".tmp", path)
+        atomic_write_text(os.path.join(root, "splits", f"{split}_video_IDs.txt"), "\n".join(lst) + "\n")
     return ids
