@@ -164,7 +164,7 @@ def main(argv=None):
         print(f"| {r['solver']} | {r['B']} | {r['ours_total']:.3f} | {r['ours_f']:.3f} | {r['ours_self']:.3f} | "
               f"{r['torchdeq_total']:.3f} | {r['torchdeq_self']:.3f} | {r['speedup_total']:.2f}x | "
               f"{r['speedup_self']:.2f}x | {r['floor']:.3f} | {r['self_over_floor']:.2f} |")
-    print(f"\nstreaming bandwidth (best of sum, copy, triad): " + ", ".join(f"B={r['B']}: {r['bandwidth_GBs']:.1f} GB/s" for r in rows[::len(a.solvers)]))
+    print("\nstreaming bandwidth (best of sum, copy, triad): " + ", ".join(f"B={r['B']}: {r['bandwidth_GBs']:.1f} GB/s" for r in rows[::len(a.solvers)]))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -73,7 +73,7 @@ def write_report(out: str, cfg, summary: dict, eval_result: dict, baseline: dict
         "## Predictions (green: ground truth, red: prediction)", "", "![grid](eval/grid.png)", "",
     ]
     if video is not None:
-        text += ["## RwR on video", "", f"See [video/video_table.md](video/video_table.md) and "
+        text += ["## RwR on video", "", "See [video/video_table.md](video/video_table.md) and "
                  "video/video_annotated.mp4.", "", "![nmf](video/video_nmf.png)", ""]
     return atomic_write_text(os.path.join(out, "report.md"), "\n".join(text))
 

@@ -8,7 +8,7 @@ flags.
 """
 import inspect
 import math
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Sequence
 
 import torch
 

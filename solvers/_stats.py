@@ -1,6 +1,6 @@
 """The uniform result record every ldeq solver returns next to ``z_star``."""
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict
 
 import torch
 

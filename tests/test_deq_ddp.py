@@ -1,6 +1,5 @@
 """DistributedDataParallel with the DEQ layer: 2 CPU processes on gloo, each with half of the batch,
 must produce the gradients of the full batch computed in one process (float64, IFT backward)."""
-import os
 
 import pytest
 import torch

@@ -1,13 +1,11 @@
 """Fused heatmap ops against the float64 pure-PyTorch reference, gradcheck, opcheck and bad input."""
 import math
-import warnings
 
 import pytest
 import torch
 
 from ldeq import _ext
 from ldeq.ops import _reference as ref
-from ldeq.ops import heatmap as hm
 from ldeq.ops import heatmap_decode, heatmap_softargmax, heatmap_softargmax_coords, heatmap_softargmax_decode
 
 pytestmark = pytest.mark.skipif(not _ext.has_kernel("heatmap_softargmax", "cpu"),

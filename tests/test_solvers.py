@@ -1,6 +1,5 @@
 """ldeq.solvers correctness in float64 against independent references: direct linear solves,
 scipy.optimize, TorchDEQ iterate for iterate, and single-sample solves for per-sample stopping."""
-import math
 import subprocess
 import sys
 

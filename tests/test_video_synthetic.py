@@ -1,6 +1,5 @@
 """Synthetic videos: deterministic, ground truth consistent with the renderer, events confined to
 their stretches."""
-import dataclasses
 
 import numpy as np
 import pytest

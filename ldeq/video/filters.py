@@ -17,7 +17,7 @@ Use ``f = make_filter('one_euro', fps=30, min_cutoff=1.0, beta=0.01)`` then
   velocity and covariance diag(r, initial_velocity_var).
 """
 import math
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
