@@ -116,6 +116,20 @@ def test_extreme_logits_and_ties(device, dtype, path):
 
 
 @path_param
+def test_nan_logits_poison_their_channel_only(device, path):
+    # as torch.amax: a NaN anywhere in a channel makes its max, heatmap, coords and std NaN
+    torch.manual_seed(4)
+    logits = torch.randn(2, 3, 9, 7, device=device)
+    logits[0, 1, 4, 2] = float("nan")
+    h, c, s = PATHS[path](logits, 1.5)
+    h64, c64, s64 = _ref64(logits, 1.5)
+    assert torch.isnan(h[0, 1]).all() and torch.isnan(c[0, 1]).all() and torch.isnan(s[0, 1])
+    torch.testing.assert_close(h.double().cpu(), h64, equal_nan=True, **F32)
+    torch.testing.assert_close(c.double().cpu(), c64, equal_nan=True, **F32)
+    torch.testing.assert_close(s.double().cpu(), s64, equal_nan=True, **F32)
+
+
+@path_param
 def test_non_contiguous_inputs(device, path):
     torch.manual_seed(2)
     base = torch.randn(3, 64, 64, 6, device=device)

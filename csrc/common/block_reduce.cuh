@@ -7,9 +7,10 @@ namespace ldeq {
 
 constexpr int kBlockThreads = 256;
 
+// NaN wins, as in torch.amax and the CPU kernels: a NaN anywhere in a channel makes its max NaN.
 struct MaxOp {
   template <typename T>
-  __device__ __forceinline__ T operator()(const T& a, const T& b) const { return a > b ? a : b; }
+  __device__ __forceinline__ T operator()(const T& a, const T& b) const { return (a > b || a != a) ? a : b; }
 };
 
 struct SumOp {

@@ -45,6 +45,38 @@ __device__ __forceinline__ void block_decode_finish(HeatValue hv, int64_t H, int
   }
 }
 
+// The max of one channel's n values, every thread of the block gets it (NaN-propagating, MaxOp).
+template <typename T>
+__device__ __forceinline__ T block_channel_max(const T* x, int64_t n) {
+  const MaxOp op;
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = op(x[i], m);
+  return block_all_max(m);
+}
+
+// The soft-argmax backward of one channel, from dL/dh (gh(i)) and the heatmap (hv(i)), both acc_t:
+//   dL/dl = b (gh h - [l == max] sum(gh h) / ties),  dL/dbeta = sum gh h (l - max).
+// Tied maxima share the max's gradient evenly, as amax does. Writes out[0..n) and *gb.
+template <typename T, typename acc_t, typename GradH, typename HeatValue>
+__device__ __forceinline__ void block_softargmax_backward(const T* lc, T m, acc_t b, GradH gh, HeatValue hv,
+                                                          int64_t n, T* out, T* gb) {
+  acc_t s1 = 0, s2 = 0;
+  int ties = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t ghv = gh(i) * hv(i);
+    s1 += ghv;
+    s2 += ghv * acc_t(lc[i] - m);
+    ties += lc[i] == m;
+  }
+  s1 = block_all_sum(s1);
+  s2 = block_all_sum(s2);
+  ties = block_all_sum(ties);
+  const acc_t share = ties > 0 ? b * s1 / acc_t(ties) : acc_t(0);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    out[i] = T(b * gh(i) * hv(i) - (lc[i] == m ? share : acc_t(0)));
+  if (threadIdx.x == 0) *gb = T(s2);
+}
+
 template <typename T>
 __global__ void softargmax_fwd_kernel(const T* __restrict__ l, const T* __restrict__ beta, int64_t beta_k,
                                       T* __restrict__ h, int64_t K, int64_t n) {
@@ -52,9 +84,7 @@ __global__ void softargmax_fwd_kernel(const T* __restrict__ l, const T* __restri
   const T* x = l + c * n;
   T* y = h + c * n;
   const T b = beta[beta_k == 1 ? 0 : c % K];
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = x[i] > m ? x[i] : m;
-  m = block_all_max(m);
+  const T m = block_channel_max(x, n);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = ::exp(b * (x[i] - m));
 }
 
@@ -67,24 +97,9 @@ __global__ void softargmax_bwd_kernel(const T* __restrict__ g, const T* __restri
   const T *gc = g + c * n, *lc = l + c * n, *hc = h + c * n;
   T* out = gl + c * n;
   const T b = beta[beta_k == 1 ? 0 : c % K];
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = lc[i] > m ? lc[i] : m;
-  m = block_all_max(m);
-  acc_t s1 = 0, s2 = 0;
-  int ties = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t gh = acc_t(gc[i]) * acc_t(hc[i]);
-    s1 += gh;
-    s2 += gh * acc_t(lc[i] - m);
-    ties += lc[i] == m;
-  }
-  s1 = block_all_sum(s1);
-  s2 = block_all_sum(s2);
-  ties = block_all_sum(ties);
-  const acc_t share = ties > 0 ? acc_t(b) * s1 / acc_t(ties) : acc_t(0);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-    out[i] = T(acc_t(b) * acc_t(gc[i]) * acc_t(hc[i]) - (lc[i] == m ? share : acc_t(0)));
-  if (threadIdx.x == 0) gb[c] = T(s2);
+  const T m = block_channel_max(lc, n);
+  block_softargmax_backward(lc, m, acc_t(b), [&](int64_t i) { return acc_t(gc[i]); },
+                            [&](int64_t i) { return acc_t(hc[i]); }, n, out, gb + c);
 }
 
 template <typename T>
@@ -142,9 +157,7 @@ __global__ void softargmax_decode_fwd_kernel(const T* __restrict__ l, const T* _
   const T* x = l + ch * n;
   T* h = hm ? hm + ch * n : nullptr;  // nullptr: coordinates only, heatmap recomputed where needed
   const T b = beta[beta_k == 1 ? 0 : ch % K];
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = x[i] > m ? x[i] : m;
-  m = block_all_max(m);
+  const T m = block_channel_max(x, n);
   acc_t tot = 0, mx = 0, my = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     const T v = ::exp(b * (x[i] - m));
@@ -174,9 +187,7 @@ __global__ void softargmax_decode_bwd_kernel(const T* __restrict__ gh_in, const 
   const acc_t b = bt;
   const DecodeGrad<acc_t> d(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
                             stdv[ch], H, W, official);
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = lc[i] > m ? lc[i] : m;
-  m = block_all_max(m);
+  const T m = block_channel_max(lc, n);
   auto hv = [&](int64_t i) { return h ? h[i] : T(::exp(bt * (lc[i] - m))); };
   acc_t tot = 0, q = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
@@ -193,21 +204,7 @@ __global__ void softargmax_decode_bwd_kernel(const T* __restrict__ gh_in, const 
     const acc_t gp = d.A0(c) + d.R0(r) + sum_p * (d.lx * c * d.inv_w + d.ly * r * d.inv_h);
     return (gp - G) / S + (gi ? acc_t(gi[i]) : acc_t(0));
   };
-  acc_t s1 = 0, s2 = 0;
-  int ties = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t ghv = grad_h(i) * acc_t(hv(i));
-    s1 += ghv;
-    s2 += ghv * acc_t(lc[i] - m);
-    ties += lc[i] == m;
-  }
-  s1 = block_all_sum(s1);
-  s2 = block_all_sum(s2);
-  ties = block_all_sum(ties);
-  const acc_t share = ties > 0 ? b * s1 / acc_t(ties) : acc_t(0);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-    out[i] = T(b * grad_h(i) * acc_t(hv(i)) - (lc[i] == m ? share : acc_t(0)));
-  if (threadIdx.x == 0) gb[ch] = T(s2);
+  block_softargmax_backward(lc, m, b, grad_h, [&](int64_t i) { return acc_t(hv(i)); }, n, out, gb + ch);
 }
 
 at::Tensor softargmax_cuda(const at::Tensor& logits, const at::Tensor& beta) {
