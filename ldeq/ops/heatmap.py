@@ -140,6 +140,21 @@ def _reduce_beta_grad(gb: Tensor, beta: Tensor) -> Tensor:
     return gb.sum().reshape(beta.shape) if beta.numel() == 1 else gb.sum(0)
 
 
+def _grads_through_reference(ctx, inputs, outs, grad_outs):
+    """Double backward (create_graph=True): differentiate the reference's ``outs``, computed from
+    ``inputs``, instead, so second derivatives exist (the fused backward ops are not differentiable).
+    Returns one gradient per input, None where ``ctx`` needs none."""
+    needs = ctx.needs_input_grad[:len(inputs)]
+    wrt = [t for t, need in zip(inputs, needs) if need]
+    grads = iter(torch.autograd.grad(outs, wrt, grad_outs, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needs)
+
+
+def _or_zeros(grad, like: Tensor) -> Tensor:
+    # outputs whose gradient autograd did not materialise (set_materialize_grads(False))
+    return torch.zeros_like(like) if grad is None else grad
+
+
 def _softargmax_setup(ctx, inputs, output):
     logits, beta = inputs
     ctx.save_for_backward(logits, beta, output)
@@ -148,12 +163,7 @@ def _softargmax_setup(ctx, inputs, output):
 def _softargmax_backward(ctx, grad):
     logits, beta, h = ctx.saved_tensors
     if torch.is_grad_enabled():
-        # double backward requested (create_graph=True): differentiate the reference instead,
-        # so second derivatives exist (the fused backward op is itself not differentiable).
-        wrt = [t for t, need in zip((logits, beta), ctx.needs_input_grad) if need]
-        grads = iter(torch.autograd.grad(ref.heatmap_softargmax(logits, beta), wrt, grad, create_graph=True,
-                                         allow_unused=True))
-        return tuple(next(grads) if need else None for need in ctx.needs_input_grad)
+        return _grads_through_reference(ctx, (logits, beta), ref.heatmap_softargmax(logits, beta), grad)
     gl, gb = torch.ops.ldeq.heatmap_softargmax_backward(grad.contiguous(), logits, beta, h)
     return gl, (_reduce_beta_grad(gb, beta) if ctx.needs_input_grad[1] else None)
 
@@ -168,12 +178,10 @@ def _decode_setup(ctx, inputs, output):
 
 def _decode_backward(ctx, grad_coords, grad_std):
     heatmaps, coords, std = ctx.saved_tensors
-    grad_coords = torch.zeros_like(coords) if grad_coords is None else grad_coords
-    grad_std = torch.zeros_like(std) if grad_std is None else grad_std
-    if torch.is_grad_enabled():  # double backward: see _softargmax_backward
-        c, s = ref.heatmap_decode(heatmaps, ctx.official_std)
-        (g,) = torch.autograd.grad((c, s), (heatmaps,), (grad_coords, grad_std), create_graph=True)
-        return g, None
+    grad_coords, grad_std = _or_zeros(grad_coords, coords), _or_zeros(grad_std, std)
+    if torch.is_grad_enabled():
+        outs = ref.heatmap_decode(heatmaps, ctx.official_std)
+        return _grads_through_reference(ctx, (heatmaps,), outs, (grad_coords, grad_std)) + (None,)
     return torch.ops.ldeq.heatmap_decode_backward(grad_coords.contiguous(), grad_std.contiguous(), heatmaps, coords,
                                                   std, ctx.official_std), None
 
@@ -187,14 +195,11 @@ def _fused_setup(ctx, inputs, output):
 
 def _fused_backward(ctx, grad_h, grad_coords, grad_std):
     logits, beta, h, coords, std = ctx.saved_tensors
-    grad_coords = torch.zeros_like(coords) if grad_coords is None else grad_coords
-    grad_std = torch.zeros_like(std) if grad_std is None else grad_std
-    if torch.is_grad_enabled():  # double backward: see _softargmax_backward
-        wrt = [t for t, need in zip((logits, beta), ctx.needs_input_grad[:2]) if need]
+    grad_coords, grad_std = _or_zeros(grad_coords, coords), _or_zeros(grad_std, std)
+    if torch.is_grad_enabled():
         outs = ref.heatmap_softargmax_decode(logits, beta, ctx.official_std)
-        gh = torch.zeros_like(h) if grad_h is None else grad_h
-        grads = iter(torch.autograd.grad(outs, wrt, (gh, grad_coords, grad_std), create_graph=True, allow_unused=True))
-        return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:2]) + (None,)
+        grad_outs = (_or_zeros(grad_h, h), grad_coords, grad_std)
+        return _grads_through_reference(ctx, (logits, beta), outs, grad_outs) + (None,)
     gl, gb = torch.ops.ldeq.heatmap_softargmax_decode_backward(
         None if grad_h is None else grad_h.contiguous(), grad_coords.contiguous(), grad_std.contiguous(), logits, beta,
         h, coords, std, ctx.official_std)
@@ -210,13 +215,10 @@ def _coords_setup(ctx, inputs, output):
 
 def _coords_backward(ctx, grad_coords, grad_std):
     logits, beta, coords, std = ctx.saved_tensors
-    grad_coords = torch.zeros_like(coords) if grad_coords is None else grad_coords
-    grad_std = torch.zeros_like(std) if grad_std is None else grad_std
-    if torch.is_grad_enabled():  # double backward: see _softargmax_backward
-        wrt = [t for t, need in zip((logits, beta), ctx.needs_input_grad[:2]) if need]
+    grad_coords, grad_std = _or_zeros(grad_coords, coords), _or_zeros(grad_std, std)
+    if torch.is_grad_enabled():
         outs = ref.heatmap_softargmax_decode(logits, beta, ctx.official_std)[1:]
-        grads = iter(torch.autograd.grad(outs, wrt, (grad_coords, grad_std), create_graph=True, allow_unused=True))
-        return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:2]) + (None,)
+        return _grads_through_reference(ctx, (logits, beta), outs, (grad_coords, grad_std)) + (None,)
     gl, gb = torch.ops.ldeq.heatmap_softargmax_coords_backward(grad_coords.contiguous(), grad_std.contiguous(), logits,
                                                                beta, coords, std, ctx.official_std)
     return gl, (_reduce_beta_grad(gb, beta) if ctx.needs_input_grad[1] else None), None
