@@ -46,6 +46,15 @@ def has_kernel(op_name: str, device_type: str) -> bool:
     return (op_name, device_type) in KERNELS
 
 
+def use_kernel(op_name: str, device_type: str) -> bool:
+    """``has_kernel``, warning once (outside torch.compile tracing) when the reference must run instead."""
+    if has_kernel(op_name, device_type):
+        return True
+    if not torch.compiler.is_compiling():
+        warn_fallback(op_name, device_type)
+    return False
+
+
 @functools.lru_cache(maxsize=None)
 def warn_fallback(op_name: str, device_type: str) -> None:
     reason = f"ldeq._C failed to import ({_IMPORT_ERROR})" if _C is None else "no kernel was compiled"

@@ -10,22 +10,14 @@ import torch
 from . import _reference as ref
 
 try:  # ldeq.solvers must not import the landmark model; ldeq._ext is the light extension loader
-    from ldeq._ext import has_kernel, warn_fallback
+    from ldeq._ext import use_kernel
 except ImportError:  # pragma: no cover - solvers used without the ldeq package
-    def has_kernel(op, device_type):
+    def use_kernel(op, device_type):
         return False
-
-    def warn_fallback(op, device_type):
-        return None
 
 
 def _compiled(op: str, t: torch.Tensor, use_reference: bool) -> bool:
-    if use_reference:
-        return False
-    if has_kernel(op, t.device.type):
-        return True
-    warn_fallback(op, t.device.type)
-    return False
+    return not use_reference and use_kernel(op, t.device.type)
 
 
 def anderson_update(X, G, fz, H, slot, n, active, use_reference=False):

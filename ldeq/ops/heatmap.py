@@ -49,11 +49,7 @@ def _as_beta(beta, logits: Tensor) -> Tensor:
 
 
 def _use_kernel(op: str, t: Tensor) -> bool:
-    if _ext.has_kernel(op, t.device.type):
-        return True
-    if not torch.compiler.is_compiling():
-        _ext.warn_fallback(op, t.device.type)
-    return False
+    return _ext.use_kernel(op, t.device.type)
 
 
 # ---------------------------------------------------------------------------------------- public API
