@@ -3,6 +3,7 @@
 All timings in one process, single thread (``cv2.setNumThreads(1)``, ``torch.set_num_threads(1)``),
 the baseline being the pre-cropped WFLW loader reading PNGs that ``export_wflw_cropped`` wrote:
     python benchmarks/bench_data.py [--n 300]
+    python benchmarks/bench_data.py --loader [--n 640]   (DataLoader: 2 workers, batch 32, augmented)
 pytest-benchmark entry points: pytest benchmarks/bench_data.py --benchmark-only
 """
 from __future__ import annotations
@@ -50,11 +51,30 @@ def run(n: int = 300) -> dict:
     return out
 
 
+def _single_cv2_thread(_worker_id):
+    cv2.setNumThreads(1)
+
+
+def loader_images_per_s(n: int = 640, workers: int = 2, batch: int = 32) -> float:
+    """Images per second out of a DataLoader over augmented synthetic faces (one epoch, wall time,
+    worker start-up included)."""
+    ds = SyntheticFaces("train", n, augment=Augmenter())
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, worker_init_fn=_single_cv2_thread)
+    t = time.perf_counter()
+    seen = sum(len(b[0]) for b in dl)
+    return seen / (time.perf_counter() - t)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=300, help="faces per timing run")
+    ap.add_argument("--n", type=int, default=None, help="faces per timing run (default 300; 640 with --loader)")
+    ap.add_argument("--loader", action="store_true", help="DataLoader throughput instead (2 workers, batch 32)")
     args = ap.parse_args(argv)
-    res = run(args.n)
+    if args.loader:
+        print(f"DataLoader, 2 workers, batch 32, augmented synthetic faces: "
+              f"{loader_images_per_s(args.n or 640):.1f} images/s")
+        return 0
+    res = run(args.n or 300)
     base = res["baseline: WFLWCropped[i] (PNG read + tensor)"]
     print(f"{'what':<48} {'ms/sample':>10} {'vs PNG read':>12}")
     for k, v in res.items():
