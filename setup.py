@@ -82,8 +82,11 @@ def make_extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "*", "*_cpu.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "*", "*_cuda.cu")))
-    # -fno-trapping-math lets GCC if-convert (and so vectorise) the branch-free selects in the kernels
-    cxx = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-std=c++20"]
+    # -fno-trapping-math lets GCC if-convert (and so vectorise) the branch-free selects in the kernels.
+    # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` (torch's OpenMP build), so
+    # without it every CPU kernel silently runs on one thread. Same libgomp as torch's.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else ["-fopenmp-simd"]
+    cxx = ["-O3", *openmp, "-fno-trapping-math", "-std=c++20"]
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     print("=" * 70)
@@ -98,10 +101,11 @@ def make_extensions():
         define_macros.append(("LDEQ_WITH_CUDA", None))
         ext = CUDAExtension(
             "ldeq._C", sources + cuda_sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]})
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
+            extra_link_args=openmp)
     else:
         ext = CppExtension("ldeq._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                           extra_compile_args={"cxx": cxx})
+                           extra_compile_args={"cxx": cxx}, extra_link_args=openmp)
     return [ext]
 
 

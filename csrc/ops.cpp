@@ -1,7 +1,11 @@
 // Every ldeq operator schema, declared in one place (torchvision style).
 // Backends register kernels in csrc/<op>/<op>_cpu.cpp and csrc/<op>/<op>_cuda.cu with
 // TORCH_LIBRARY_IMPL(ldeq, CPU/CUDA, m); Python adds fake kernels and autograd in ldeq/ops/.
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
+
+#include <mutex>
+#include <set>
 
 TORCH_LIBRARY(ldeq, m) {
   // ---- heatmap (csrc/heatmap/heatmap.h) -------------------------------------------------
@@ -43,9 +47,23 @@ bool cuda_built() {
   return false;
 #endif
 }
+
+// How many distinct threads at::parallel_for used for n one-element tasks. The kernels'
+// parallel_for is an inline OpenMP region: built without -fopenmp this is always 1 (a test checks).
+int64_t parallel_threads_used(int64_t n) {
+  std::set<int> seen;
+  std::mutex mu;
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    const std::lock_guard<std::mutex> lock(mu);
+    seen.insert(at::get_thread_num());
+  });
+  return static_cast<int64_t>(seen.size());
+}
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ldeq C++/CUDA kernels; the operators live in torch.ops.ldeq";
   m.def("cuda_built", &cuda_built, "True when the CUDA kernels were compiled into this build");
+  m.def("parallel_threads_used", &parallel_threads_used,
+        "Distinct threads at::parallel_for used for n one-element tasks inside ldeq._C");
 }

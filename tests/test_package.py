@@ -33,6 +33,24 @@ def test_extension_built_and_registers_ops():
     assert isinstance(_ext.cuda_built(), bool)
 
 
+def test_cpu_kernels_run_on_several_threads():
+    # at::parallel_for is inline OpenMP: an extension built without -fopenmp silently runs every CPU
+    # kernel on one thread (it did until 2026-11-22). Counted thread ids, not timed.
+    import os
+
+    import torch
+    from ldeq import _C
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        used = _C.parallel_threads_used(64)
+    finally:
+        torch.set_num_threads(before)
+    assert used == 2, f"at::parallel_for inside ldeq._C used {used} thread(s) with torch.set_num_threads(2)"
+
+
 def test_cli_help_and_unknown_command(capsys):
     from ldeq.cli import main
     assert main(["--help"]) == 0
