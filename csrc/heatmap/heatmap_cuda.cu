@@ -119,6 +119,37 @@ __global__ void decode_fwd_kernel(const T* __restrict__ hm, T* __restrict__ coor
                          stdv + ch);
 }
 
+// The decode's gradient field of one channel, dL/dh(i) = (gp(i) - G) / S. The constructor reduces
+// sum h and sum h (A0 + R0) over the block (hv(i): pixel i's heat, stored or recomputed); every
+// thread then evaluates the field at its pixels.
+template <typename acc_t>
+struct BlockDecodeGradField {
+  DecodeGrad<acc_t> d;
+  int64_t W;
+  acc_t S, sum_p, G;
+
+  template <typename HeatValue>
+  __device__ BlockDecodeGradField(const DecodeGrad<acc_t>& d_, HeatValue hv, int64_t n, int64_t W_) : d(d_), W(W_) {
+    acc_t tot = 0, q = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const acc_t v = hv(i);
+      tot += v;
+      q += v * (d.A0(acc_t(i % W)) + d.R0(acc_t(i / W)));
+    }
+    tot = block_all_sum(tot);
+    q = block_all_sum(q);
+    S = tot + acc_t(kDecodeEps);
+    sum_p = tot / S;
+    G = q / S + sum_p * (d.lx * d.x + d.ly * d.y);
+  }
+
+  __device__ acc_t operator()(int64_t i) const {
+    const acc_t c = acc_t(i % W), r = acc_t(i / W);
+    const acc_t gp = d.A0(c) + d.R0(r) + sum_p * (d.lx * c * d.inv_w + d.ly * r * d.inv_h);
+    return (gp - G) / S;
+  }
+};
+
 template <typename T>
 __global__ void decode_bwd_kernel(const T* __restrict__ gcoord, const T* __restrict__ gstd, const T* __restrict__ hm,
                                   const T* __restrict__ coords, const T* __restrict__ stdv, T* __restrict__ gh,
@@ -129,21 +160,8 @@ __global__ void decode_bwd_kernel(const T* __restrict__ gcoord, const T* __restr
   T* out = gh + ch * n;
   const DecodeGrad<acc_t> d(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
                             stdv[ch], H, W, official);
-  acc_t tot = 0, q = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t v = h[i];
-    tot += v;
-    q += v * (d.A0(acc_t(i % W)) + d.R0(acc_t(i / W)));
-  }
-  tot = block_all_sum(tot);
-  q = block_all_sum(q);
-  const acc_t S = tot + acc_t(kDecodeEps), sum_p = tot / S;
-  const acc_t G = q / S + sum_p * (d.lx * d.x + d.ly * d.y);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t c = acc_t(i % W), r = acc_t(i / W);
-    const acc_t gp = d.A0(c) + d.R0(r) + sum_p * (d.lx * c * d.inv_w + d.ly * r * d.inv_h);
-    out[i] = T((gp - G) / S);
-  }
+  const BlockDecodeGradField<acc_t> field(d, [&](int64_t i) { return acc_t(h[i]); }, n, W);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = T(field(i));
 }
 
 // Fused forward: each thread decodes the values it just wrote (same index pattern, so no barrier is
@@ -189,21 +207,8 @@ __global__ void softargmax_decode_bwd_kernel(const T* __restrict__ gh_in, const 
                             stdv[ch], H, W, official);
   const T m = block_channel_max(lc, n);
   auto hv = [&](int64_t i) { return h ? h[i] : T(::exp(bt * (lc[i] - m))); };
-  acc_t tot = 0, q = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t v = hv(i);
-    tot += v;
-    q += v * (d.A0(acc_t(i % W)) + d.R0(acc_t(i / W)));
-  }
-  tot = block_all_sum(tot);
-  q = block_all_sum(q);
-  const acc_t S = tot + acc_t(kDecodeEps), sum_p = tot / S;
-  const acc_t G = q / S + sum_p * (d.lx * d.x + d.ly * d.y);
-  auto grad_h = [&](int64_t i) {
-    const acc_t c = acc_t(i % W), r = acc_t(i / W);
-    const acc_t gp = d.A0(c) + d.R0(r) + sum_p * (d.lx * c * d.inv_w + d.ly * r * d.inv_h);
-    return (gp - G) / S + (gi ? acc_t(gi[i]) : acc_t(0));
-  };
+  const BlockDecodeGradField<acc_t> field(d, [&](int64_t i) { return acc_t(hv(i)); }, n, W);
+  auto grad_h = [&](int64_t i) { return field(i) + (gi ? acc_t(gi[i]) : acc_t(0)); };
   block_softargmax_backward(lc, m, b, grad_h, [&](int64_t i) { return acc_t(hv(i)); }, n, out, gb + ch);
 }
 
