@@ -1,9 +1,7 @@
-"""Where the project's shared data lives: `shared/` beside the checkout (as on developer machines and
-in CI), or wherever LDEQ_SHARED points."""
-import os
+"""Where the tests' data lives: ``tests/fixtures/`` inside the repository (see its README.md for
+how each file was made). Tests never read anything outside the checkout, so a fresh clone anywhere
+runs the whole suite."""
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(os.environ.get("LDEQ_SHARED", ROOT.parent / "shared"))
-FIXTURES = SHARED / "fixtures"
-REFERENCE = SHARED / "reference"
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"

@@ -72,11 +72,15 @@ def test_agrees_with_scipy_anderson_and_broyden1():
 
 
 # ---- TorchDEQ, iterate for iterate ----------------------------------------------------------
-torchdeq_solver = pytest.importorskip("torchdeq.solver")
+@pytest.fixture(scope="module")
+def torchdeq_solver():
+    """TorchDEQ (a test dependency, pinned in the `test` extra): missing means these tests fail."""
+    import torchdeq.solver
+    return torchdeq.solver
 
 
 @pytest.mark.parametrize("m,lam", [(5, 1e-4), (3, 1e-2), (6, 0.0)])
-def test_anderson_matches_torchdeq_iterate_for_iterate(m, lam):
+def test_anderson_matches_torchdeq_iterate_for_iterate(m, lam, torchdeq_solver):
     f, W, x = tanh_problem()
     z0 = 0.1 * torch.ones_like(x)
     T = 14
@@ -92,7 +96,7 @@ def test_anderson_matches_torchdeq_iterate_for_iterate(m, lam):
 
 @pytest.mark.parametrize("memory", [None, 3, 1])
 @pytest.mark.parametrize("stop_mode", ["abs", "rel"])
-def test_broyden_matches_torchdeq_iterate_for_iterate(memory, stop_mode):
+def test_broyden_matches_torchdeq_iterate_for_iterate(memory, stop_mode, torchdeq_solver):
     f, W, x = tanh_problem()
     z0 = torch.zeros_like(x)
     T = 12
@@ -106,7 +110,7 @@ def test_broyden_matches_torchdeq_iterate_for_iterate(memory, stop_mode):
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.6])
-def test_fixed_point_matches_torchdeq_iterate_for_iterate(tau):
+def test_fixed_point_matches_torchdeq_iterate_for_iterate(tau, torchdeq_solver):
     f, W, x = tanh_problem()
     z0 = torch.zeros_like(x)
     zt, _, it = torchdeq_solver.fixed_point_iter(f, z0, max_iter=10, tol=0, stop_mode="abs", tau=tau)
@@ -142,19 +146,52 @@ def hetero_problem():
     return f, f_subset, f_one, b, calls
 
 
+HETERO_RATE_MAX = 0.85  # the largest contraction rate in hetero_problem()
+
+
+def batch_shape_bounds(z, nsteps):
+    """Rounding bounds for one sample solved inside different batch shapes (float64).
+
+    Batched reductions (dot products, Gram matrices, small solves) may round differently for a
+    batch of 5 and a batch of 1 (other BLAS kernels, other chunking, other ISA), so iterates are
+    equal only up to rounding, never bitwise. Each step adds at most ~eps * ||z|| of rounding, and
+    the linear map's condition number kappa = (1 + rho) / (1 - rho) (singular values of I - rho Q
+    lie in [1 - rho, 1 + rho]) bounds how much the solve amplifies it, so after n steps
+    ||dz|| <= n * kappa * eps * ||z||. The residual ||f(z) - z|| changes by at most
+    (1 + rho) ||dz||, and the relative residual by that over ||f(z)|| ~ ||z||. A safety factor of 10
+    covers the constants the bound leaves out. Returns (bound on |dz| per entry, bound on |d rel|).
+    Both are far below what a wrongly frozen or wrongly continued sample would change (about
+    tol * ||z|| = 1e-9 * ||z||).
+    """
+    eps = torch.finfo(F64).eps
+    rho = HETERO_RATE_MAX
+    kappa = (1 + rho) / (1 - rho)
+    dz = 10 * nsteps * kappa * eps * float(torch.linalg.vector_norm(z))
+    drel = 10 * nsteps * kappa * (1 + rho) * eps
+    return dz, drel
+
+
 @pytest.mark.parametrize("name", SOLVERS)
 def test_heterogeneous_batch_matches_single_sample_solves(name):
     f, f_subset, f_one, b, calls = hetero_problem()
     solver = S.get_solver(name)
-    kw = dict(max_iter=400, tol=1e-9, stop_mode="rel", **({"lam": 1e-12} if name == "anderson" else {}))
+    tol = 1e-9
+    kw = dict(max_iter=400, tol=tol, stop_mode="rel", **({"lam": 1e-12} if name == "anderson" else {}))
     z, st = solver(f, torch.zeros_like(b), **kw)
     assert bool(st.converged.all())
     assert len(set(st.nstep.tolist())) >= 3  # genuinely different stopping points
     for i in range(b.shape[0]):
         zi, sti = solver(f_one(i), torch.zeros_like(b[i:i + 1]), **kw)
-        assert int(st.nstep[i]) == int(sti.nstep[0])  # a stopped sample costs no more steps
-        torch.testing.assert_close(z[i], zi[0], rtol=0, atol=1e-13)  # and its iterate is frozen
-        torch.testing.assert_close(st.rel_trace[i, :int(sti.nstep[0])], sti.rel_trace[0], rtol=1e-9, atol=0)
+        n = int(sti.nstep[0])
+        dz, drel = batch_shape_bounds(zi[0], n)
+        if int(st.nstep[i]) != n:
+            # Only possible when the residual lands within rounding of tol at the stopping step.
+            k = min(int(st.nstep[i]), n) - 1
+            assert abs(float(sti.rel_trace[0, k]) - tol) <= drel, (int(st.nstep[i]), n)
+        else:  # a stopped sample costs no more steps, and its iterate is frozen
+            torch.testing.assert_close(z[i], zi[0], rtol=0, atol=dz)
+        m = min(int(st.nstep[i]), n)
+        torch.testing.assert_close(st.rel_trace[i, :m], sti.rel_trace[0, :m], rtol=0, atol=drel)
         # after stopping, the trace repeats the last value
         assert bool((st.rel_trace[i, int(st.nstep[i]):] == st.rel_trace[i, int(st.nstep[i]) - 1]).all())
 
@@ -168,7 +205,8 @@ def test_f_subset_evaluates_only_active_samples(name):
     rows_full = calls["rows"]
     calls["rows"] = 0
     z_sub, st_sub = solver(f, torch.zeros_like(b), f_subset=f_subset, **kw)
-    torch.testing.assert_close(z_sub, z_full, rtol=0, atol=1e-13)
+    dz, _ = batch_shape_bounds(z_full.abs().amax(0), int(st_full.nstep.max()))  # subsets: other batch shapes
+    torch.testing.assert_close(z_sub, z_full, rtol=0, atol=dz)
     assert torch.equal(st_sub.nstep, st_full.nstep)
     # Full-batch calls while more than half the batch is active, then only the active rows.
     B, T = b.shape[0], int(st_full.nstep.max())

@@ -1,21 +1,32 @@
 """WFLW-V split lists shipped with the package and the loader on a small synthetic root."""
+import hashlib
+import importlib.resources
+
 import numpy as np
 import pytest
 
 from ldeq.video.synthetic import write_wflwv_root
 from ldeq.video.wflwv import WFLWV, download_ranges, split_ids
 
-from _paths import REFERENCE
+# sha256 of the official WFLW-V split files (easy/hard video IDs and per-video frame ranges, as
+# released with the official LDEQ code), computed from the project's reference copy on 2026-11-30.
+# The package ships byte-identical copies in ldeq/resources/wflw_v/.
+OFFICIAL_SHA256 = {
+    "download_ranges.txt": "9b0ee057f64b66851c9c4bca8f109c23e149bcac6796572812638842089105fc",
+    "easy_video_IDs.txt": "ee26f852466b2c7e0f5edd07c4e2d5f9ddf594ef89b67015c3c4a5c9a6e7580e",
+    "hard_video_IDs.txt": "d492b8d6335462db8bf755600fa800340dce877c9b38501269d8f4e1d7fc4e1f",
+}
 
-REF = str(REFERENCE / "wflw_v")
+
+def test_package_split_files_are_the_official_ones():
+    res = importlib.resources.files("ldeq") / "resources" / "wflw_v"
+    for name, digest in OFFICIAL_SHA256.items():
+        assert hashlib.sha256((res / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_official_split_lists():
     easy, hard = split_ids("easy"), split_ids("hard")
     assert len(easy) == 500 and len(hard) == 500 and not set(easy) & set(hard)
-    import os
-    if os.path.isdir(REF):  # the package copy equals the reference files
-        assert easy == open(f"{REF}/easy_video_IDs.txt").read().split()
     r = download_ranges()
     assert len(r) == 1000 and set(r) == set(easy) | set(hard)
     a, b = r[easy[0]]
