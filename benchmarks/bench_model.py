@@ -1,13 +1,13 @@
 """LDEQ inference throughput and peak memory on CPU (GPU too when one is present).
 
 For each batch size, one process runs the same model and inputs with the measured solver and
-with the baseline (the official plain fixed-point iteration ``fpi`` at the same budget), alternating
+with the baseline (the official plain fixed-point iteration ``fixed_point_last`` at the same budget), alternating
 in rounds; it reports images/s, the solver iterations actually used, and the peak resident memory
 of the forward pass (Linux VmHWM reset via /proc/self/clear_refs just before it; on CUDA,
 torch.cuda.max_memory_allocated). Random weights (no trained checkpoint is assumed), so the solver
 usually runs its whole budget: the iterations column says so.
 
-    python benchmarks/bench_model.py --batch 1 32 --solver anderson --max-iters 5 --rounds 2
+    python benchmarks/bench_model.py --batch 1 32 --solver anderson --max-iter 5 --rounds 2
     python benchmarks/bench_model.py --preset small --batch 1 8      # quick look
 pytest-benchmark entry point (tiny widths): pytest benchmarks/bench_model.py --benchmark-only
 Results are printed as a markdown table and written to benchmarks/results/model_<device>.json.
@@ -55,24 +55,24 @@ def _peak(device):
 
 
 @torch.no_grad()
-def measure(model, x, solver, max_iters, device):
+def measure(model, x, solver, max_iter, device):
     """One timed forward: (wall s, mean solver iterations, peak bytes, bytes before, process CPU s)."""
     before = _reset_peak(device)
     c = time.process_time()  # CPU time of all our threads: less disturbed by other processes
     t = time.perf_counter()
-    out = model(x, solver=solver, max_iters=max_iters)
+    out = model(x, solver=solver, max_iter=max_iter)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
     return dt, float(out.stats.nstep.float().mean()), _peak(device), before, time.process_time() - c
 
 
-def run(preset="debug", batches=(1, 32), solver="anderson", baseline="fpi", max_iters=5, tol=5e-3,
+def run(preset="debug", batches=(1, 32), solver="anderson", baseline="fixed_point_last", max_iter=5, tol=5e-3,
         rounds=2, device="cpu", threads=2):
     torch.set_num_threads(threads)
     device = torch.device(device)
     torch.manual_seed(0)
-    cfg = LDEQConfig(**PRESETS[preset], max_iters=max_iters, tol=tol)
+    cfg = LDEQConfig(**PRESETS[preset], max_iter=max_iter, tol=tol)
     model = LDEQ(cfg).eval().to(device)
     n = cfg.image_size
     rows = []
@@ -82,7 +82,7 @@ def run(preset="debug", batches=(1, 32), solver="anderson", baseline="fpi", max_
         res = {solver: [], baseline: []}
         for _ in range(rounds):
             for s in (solver, baseline):
-                res[s].append(measure(model, x, s, max_iters, device))
+                res[s].append(measure(model, x, s, max_iter, device))
         row = {"batch": B}
         for s, runs in res.items():
             best = min(runs, key=lambda r: r[0])
@@ -119,15 +119,15 @@ def main(argv=None):
     p.add_argument("--preset", choices=sorted(PRESETS), default="debug")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     p.add_argument("--solver", default="anderson")
-    p.add_argument("--baseline", default="fpi")
-    p.add_argument("--max-iters", type=int, default=5)
+    p.add_argument("--baseline", default="fixed_point_last")
+    p.add_argument("--max-iter", type=int, default=5)
     p.add_argument("--tol", type=float, default=5e-3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/model_<device>.json)")
     a = p.parse_args(argv)
-    res = run(a.preset, a.batch, a.solver, a.baseline, a.max_iters, a.tol, a.rounds, a.device, a.threads)
+    res = run(a.preset, a.batch, a.solver, a.baseline, a.max_iter, a.tol, a.rounds, a.device, a.threads)
     md = to_markdown(res)
     print(md)
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -141,7 +141,7 @@ def main(argv=None):
 def test_bench_ldeq_tiny_inference(benchmark):
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = LDEQ(LDEQConfig(**PRESETS["tiny"], max_iters=5, solver="anderson")).eval()
+    model = LDEQ(LDEQConfig(**PRESETS["tiny"], max_iter=5, solver="anderson")).eval()
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         out = benchmark(lambda: model(x))

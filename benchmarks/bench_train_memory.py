@@ -44,7 +44,7 @@ def make_step(mode: str, k: int, image_size: int = 128, B: int = 4, seed: int = 
                       tol=1e-12, model_mode="explicit" if explicit else "implicit", explicit_depth=k)
     model = LDEQ(lcfg).train()
     cfg = build_config("synthetic-small", overrides=[
-        f"solver.grad={'jfb' if explicit else mode}", f"solver.backward_max_iter={k}", "solver.backward_tol=1e-12",
+        f"solver.grad={'jfb' if explicit else mode}", f"solver.b_max_iter={k}", "solver.b_tol=1e-12",
         "solver.tol=1e-12"])
     images = torch.randn(B, 3, image_size, image_size)
     return TrainStep(model, cfg), images, k

@@ -109,7 +109,7 @@ def quality(argv=None) -> int:
     lengths = [max(10, a.frames - 8 * i) for i in range(a.videos)]
     videos = make_synthetic_videos(a.videos, a.seed, lengths=lengths)
     args = ([v.frames for v in videos], [v.boxes for v in videos], [v.landmarks for v in videos])
-    base = RwRConfig(max_iter_full=model.cfg.max_iters, max_iter_warm=a.max_iter_warm, max_iter_prox=a.max_iter_warm,
+    base = RwRConfig(max_iter_full=model.cfg.max_iter, max_iter_warm=a.max_iter_warm, max_iter_prox=a.max_iter_warm,
                      batch_size=a.videos, crop_size=model.cfg.image_size)
     rows = compare(solve, *args, ("off", "warm"), DEFAULT_FILTERS, base, progress=False)
     for g in [float(v) for v in a.gammas.split(",") if v]:
@@ -117,7 +117,7 @@ def quality(argv=None) -> int:
         r = compare(solve, *args, ("prox",), {}, cfg, progress=False)[0]
         r["method"] = f"prox gamma={g:g}"
         rows.insert(len(rows) - len(DEFAULT_FILTERS), r)
-    print(f"checkpoint {a.checkpoint} ({model.cfg.image_size}px, {model.cfg.solver} max {model.cfg.max_iters} it); "
+    print(f"checkpoint {a.checkpoint} ({model.cfg.image_size}px, {model.cfg.solver} max {model.cfg.max_iter} it); "
           f"{a.videos} clips of {lengths[-1]}-{lengths[0]} frames, seed {a.seed}; warm/prox {a.max_iter_warm} it + final step")
     print(format_table(rows))
     return 0

@@ -57,8 +57,8 @@ def write_report(out: str, cfg, summary: dict, eval_result: dict, baseline: dict
     text = [
         "# ldeq demo report", "",
         f"Synthetic faces ({cfg.data.num_train} train / {cfg.data.num_test} test, {m.image_size}x{m.image_size}), "
-        f"LDEQ with injection width {m.injection_width}, hourglass {m.base_width}+{m.width_increment}k, "
-        f"{s.name} solver (train max_iter {s.max_iter}{' stochastic' if s.stochastic_max_iter else ''}, "
+        f"LDEQ with injection width {m.injection_width}, hourglass {m.cell_base_width}+{m.cell_width_increment}k, "
+        f"{s.solver} solver (train max_iter {s.max_iter}{' stochastic' if s.stochastic_max_iter else ''}, "
         f"eval {s.eval_max_iter}, tol {s.tol}), {s.grad} gradient, {cfg.train.loss.upper()} loss, "
         f"batch {cfg.train.batch_size}, {cfg.optim.optimizer} lr {cfg.optim.lr}.", "",
         f"Training: {summary['steps']} of {summary['planned_steps']} planned steps in {timings['train_s']:.0f} s"

@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'...")
-    p.add_argument("--solver", default=None, help="override the checkpoint's solver (anderson, broyden, fpi)")
-    p.add_argument("--max-iters", type=int, default=None, help="override the solver iteration budget")
+    p.add_argument("--solver", default=None, help="override the checkpoint's solver (anderson, broyden, fixed_point, fixed_point_last)")
+    p.add_argument("--max-iter", type=int, default=None, help="override the solver iteration budget")
     p.add_argument("--tol", type=float, default=None, help="override the solver tolerance")
     p.add_argument("--grid", type=int, default=16, help="images in grid.png (0: no grid)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -148,7 +148,7 @@ def evaluate(args) -> dict:
     from ldeq.model import load_checkpoint
 
     device = _resolve_device(args.device)
-    overrides = {k: v for k, v in (("solver", args.solver), ("max_iters", args.max_iters), ("tol", args.tol))
+    overrides = {k: v for k, v in (("solver", args.solver), ("max_iter", args.max_iter), ("tol", args.tol))
                  if v is not None}
     model = load_checkpoint(args.checkpoint, map_location=str(device), **overrides)
     splits = open_splits(args, model.cfg.image_size)
@@ -163,7 +163,7 @@ def evaluate(args) -> dict:
             first = (ds, preds, gts)
     rows = metrics_table(nmes)
     print(f"checkpoint {args.checkpoint} | data {args.data} {args.root or ''} | solver {model.cfg.solver} "
-          f"max_iters {model.cfg.max_iters} tol {model.cfg.tol} | {time.time() - t0:.1f} s")
+          f"max_iter {model.cfg.max_iter} tol {model.cfg.tol} | {time.time() - t0:.1f} s")
     print(format_table(rows))
     os.makedirs(args.out, exist_ok=True)
     result = {"checkpoint": os.path.abspath(args.checkpoint), "data": args.data, "root": args.root,

@@ -11,8 +11,8 @@ from ._registry import available_solvers, get_solver, register_solver
 from ._stats import SolverStats
 from .anderson import anderson
 from .broyden import broyden
-from .fixed_point import fixed_point
+from .fixed_point import fixed_point, fixed_point_last
 from .deq import DEQ, DEQStats, deq  # noqa: F401,E402  (issue 4: the DEQ layer and its gradients)
 
-__all__ = ["anderson", "broyden", "fixed_point", "get_solver", "register_solver", "available_solvers",
-           "SolverStats"]
+__all__ = ["anderson", "broyden", "fixed_point", "fixed_point_last", "get_solver", "register_solver",
+           "available_solvers", "SolverStats", "deq", "DEQ", "DEQStats"]

@@ -3,10 +3,15 @@ from typing import Callable, Dict
 
 from .anderson import anderson
 from .broyden import broyden
-from .fixed_point import fixed_point
+from .fixed_point import fixed_point, fixed_point_last
 
-_SOLVERS: Dict[str, Callable] = {"anderson": anderson, "broyden": broyden, "fixed_point": fixed_point}
-_ALIASES = {"fpi": "fixed_point", "fixed_point_iter": "fixed_point"}
+_SOLVERS: Dict[str, Callable] = {"anderson": anderson, "broyden": broyden, "fixed_point": fixed_point,
+                                 "fixed_point_last": fixed_point_last}
+_ALIASES: Dict[str, str] = {}
+# 'fpi' meant two different loops in the past (per-sample lowest residual here, the official
+# last-iterate loop in the model): it is refused with a pointer to the two names.
+_RETIRED = {"fpi": "'fixed_point' (per-sample stop, lowest-residual iterate) or 'fixed_point_last' "
+                   "(the official LDEQ loop: last iterate, batch-mean stop)"}
 
 
 def available_solvers():
@@ -15,10 +20,12 @@ def available_solvers():
 
 
 def get_solver(name: str) -> Callable:
-    """The solver registered as ``name`` (case-insensitive; 'fpi' is an alias of 'fixed_point')."""
+    """The solver registered as ``name`` (case-insensitive)."""
     if not isinstance(name, str):
         raise TypeError(f"solver name must be a string, got {type(name).__name__}")
     key = name.lower()
+    if key in _RETIRED and key not in _SOLVERS:
+        raise ValueError(f"solver {name!r} is ambiguous and no longer accepted; use {_RETIRED[key]}")
     key = _ALIASES.get(key, key)
     if key not in _SOLVERS:
         raise ValueError(f"unknown solver {name!r}; known solvers: {', '.join(available_solvers())}")

@@ -1,8 +1,11 @@
-"""Plain (optionally damped) fixed-point iteration z <- (1 - beta) z + beta f(z)."""
+"""Plain fixed-point iteration: ``fixed_point`` (damped z <- (1 - beta) z + beta f(z), per-sample
+stop, lowest-residual iterate) and ``fixed_point_last`` (the official LDEQ loop: last iterate,
+batch-mean stop)."""
 import torch
 
 from ._common import (FEval, _Tracker, check_common, check_trajectory, reject_unknown,
                       resolve_damping)
+from ._stats import SolverStats
 
 
 @torch.no_grad()
@@ -34,3 +37,54 @@ def fixed_point(f, z0, *, beta=None, tau=None, max_iter=50, tol=1e-3, stop_mode=
             z_next = torch.where(tr.active[:, None], z_next, z)
         z = z_next
     return tr.finish(z0.shape)
+
+
+OFFICIAL_REL_EPS = 1e-5  # ||f(z) - z|| / (||f(z)|| + 1e-5), as in the official LDEQ solvers
+
+
+def residuals(fz: torch.Tensor, z: torch.Tensor, eps: float = OFFICIAL_REL_EPS):
+    """(B, ...) pair -> per-sample absolute and relative residuals, each (B,)."""
+    B = z.shape[0]
+    a = (fz - z).reshape(B, -1).norm(dim=1)
+    return a, a / (fz.reshape(B, -1).norm(dim=1) + eps)
+
+
+def stats_from_traces(abs_trace, rel_trace, tol, stop_mode, solver) -> SolverStats:
+    """SolverStats from per-iteration (B,) residual lists (last-iterate loops, unrolled models)."""
+    a, r = torch.stack(abs_trace, 1), torch.stack(rel_trace, 1)
+    B, T = a.shape
+    low = r if stop_mode == "rel" else a
+    return SolverStats(nstep=torch.full((B,), T, dtype=torch.int64, device=a.device), abs_lowest=a.min(1).values,
+                       rel_lowest=r.min(1).values, abs_trace=a, rel_trace=r, converged=low.min(1).values <= tol,
+                       safeguard=torch.zeros(B, dtype=torch.bool, device=a.device),
+                       solver=solver, stop_mode=stop_mode)
+
+
+@torch.no_grad()
+def fixed_point_last(f, z0, *, max_iter=50, tol=1e-3, stop_mode="rel", trajectory=None, **unknown):
+    """The official LDEQ release's loop (its ``fpi``): z <- f(z) up to ``max_iter`` times, stopping
+    when the *batch-mean* residual (rel: ||f(z) - z|| / (||f(z)|| + 1e-5)) is below ``tol``, and
+    returning the *last* f output.
+
+    :func:`fixed_point` instead stops each sample on its own and returns each sample's
+    lowest-residual iterate; the two differ when the iteration has not converged. tol=0 runs
+    exactly ``max_iter`` steps. Returns ``(z (B, ...), SolverStats)``; ``trajectory``: iterations
+    whose iterate is kept in ``stats.trajectory``.
+    """
+    reject_unknown(fixed_point_last, unknown)
+    check_common(z0, max_iter, tol, stop_mode, OFFICIAL_REL_EPS)
+    keep = set(check_trajectory(trajectory, max_iter))
+    z, at, rt, traj = z0, [], [], {}
+    for k in range(1, max_iter + 1):
+        fz = f(z)
+        a, r = residuals(fz, z)
+        at.append(a)
+        rt.append(r)
+        z = fz
+        if k in keep:
+            traj[k] = z.clone()
+        if tol > 0 and float((r if stop_mode == "rel" else a).mean()) < tol:
+            break
+    stats = stats_from_traces(at, rt, tol, stop_mode, "fixed_point_last")
+    stats.trajectory = traj
+    return z, stats

@@ -18,7 +18,7 @@ from _paths import FIXTURES
 
 FIXTURE = str(FIXTURES / "official_ldeq_small_fixture.pt")
 TINY = dict(injection_width=8, cell_base_width=4, cell_width_increment=2, heatmap_size=16, image_size=64,
-            n_keypoints=5, solver="fixed_point", max_iters=2)
+            n_keypoints=5, solver="fixed_point", max_iter=2)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_official_format_file_loads_safely_and_reproduces_the_fixture(tmp_path, 
     m = load_checkpoint(path)
     assert not m.training
     assert (m.cfg.injection_width, m.cfg.cell_base_width, m.cfg.cell_width_increment) == (32, 16, 8)
-    assert m.cfg.solver == "fpi" and m.cfg.max_iters == 3 and m.cfg.extra_final_step
+    assert m.cfg.solver == "fixed_point_last" and m.cfg.max_iter == 3 and m.cfg.extra_step
     torch.testing.assert_close(fixture_keypoints(m, fix), fix["keypoints"][0], atol=1e-4, rtol=0)
 
 
@@ -61,7 +61,7 @@ def test_widths_inferred_from_shapes_when_args_are_missing(tmp_path, fix):
     cfg = config_from_checkpoint(read_checkpoint(path))
     assert (cfg.injection_width, cfg.cell_base_width, cfg.cell_width_increment, cfg.z_width,
             cfg.cell_norm_layer, cfg.backbone_norm_layer) == (32, 16, 8, 98, "gn", "bn")
-    m = load_checkpoint(path, solver="fpi", max_iters=3, tol=1e-30)
+    m = load_checkpoint(path, solver="fixed_point_last", max_iter=3, tol=1e-30)
     torch.testing.assert_close(fixture_keypoints(m, fix), fix["keypoints"][0], atol=1e-4, rtol=0)
     # a bare state_dict file and a DataParallel 'module.' prefix load too
     torch.save({"module." + k: v for k, v in fix["state_dict"].items()}, tmp_path / "bare.pt")

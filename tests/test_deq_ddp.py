@@ -1,7 +1,6 @@
 """DistributedDataParallel with the DEQ layer: 2 CPU processes on gloo, each with half of the batch,
 must produce the gradients of the full batch computed in one process (float64, IFT backward)."""
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -48,26 +47,7 @@ def _data():
 
 
 def _solver_name():
-    try:
-        from ldeq.solvers import get_solver
-        get_solver("anderson")
-        return "anderson"
-    except Exception:  # forward solvers not available yet: a plain iteration
-        return _plain_fpi
-
-
-def _plain_fpi(f, z0, *, max_iter, tol, stop_mode="abs", **kw):
-    from ldeq.solvers._stats import SolverStats
-    z = z0
-    for i in range(max_iter):
-        fz = f(z)
-        r = (fz - z).reshape(z.shape[0], -1).norm(dim=1)
-        z = fz
-        if bool((r <= tol).all()):
-            break
-    return z, SolverStats(nstep=torch.full((z.shape[0],), i + 1), abs_lowest=r, rel_lowest=r,
-                          abs_trace=r[:, None], rel_trace=r[:, None], converged=r <= tol,
-                          safeguard=torch.zeros_like(r, dtype=torch.bool), stop_mode="abs")
+    return "anderson"
 
 
 def _grads(model):
@@ -97,8 +77,7 @@ def _worker(rank, world, init_file, out_file):
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
+    assert dist.is_available() and dist.is_gloo_available(), "torch.distributed with gloo is required"
     out = tmp_path / "grads.pt"
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
     ddp_grads = torch.load(out)

@@ -16,7 +16,7 @@ from ldeq.evaluate import main
 from ldeq.model import LDEQ, LDEQConfig, save_checkpoint
 
 TINY = dict(injection_width=8, cell_base_width=4, cell_width_increment=2, heatmap_size=16, image_size=64,
-            solver="fpi", max_iters=2)
+            solver="fixed_point_last", max_iter=2)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +72,10 @@ def test_eval_wflw_layout_table_json_ced_and_grid(setup, tmp_path, capsys):
 def test_eval_synthetic_in_memory(setup, tmp_path, capsys):
     _, ckpt, _, _ = setup
     rc = main(["--data", "synthetic", "--num-images", "5", "--checkpoint", ckpt, "--out", str(tmp_path),
-               "--batch-size", "5", "--grid", "0", "--no-progress", "--max-iters", "1"])
+               "--batch-size", "5", "--grid", "0", "--no-progress", "--max-iter", "1"])
     assert rc == 0
     res = json.loads((tmp_path / "metrics.json").read_text())
-    assert res["splits"]["test"]["n"] == 5 and res["config"]["max_iters"] == 1
+    assert res["splits"]["test"]["n"] == 5 and res["config"]["max_iter"] == 1
     assert not (tmp_path / "grid.png").exists() and (tmp_path / "ced.png").exists()
 
 

@@ -20,7 +20,7 @@ KEYS = os.path.join(FIX, "official_ldeq_state_dict_keys.txt")
 
 # Tiny widths keep each test well under a second on 2 CPU cores.
 TINY = dict(injection_width=8, cell_base_width=4, cell_width_increment=2, heatmap_size=16, image_size=64,
-            n_keypoints=5, solver="fpi", max_iters=3)
+            n_keypoints=5, solver="fixed_point_last", max_iter=3)
 
 
 @pytest.fixture(scope="module")
@@ -134,16 +134,16 @@ def images(B=2, n=64):
 
 
 def test_given_z0_is_used_and_extra_final_step_is_one_more_cell_application():
-    m = tiny(max_iters=1)
+    m = tiny(max_iter=1)
     x = images()
     z0 = torch.rand(2, 5, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         inj = m.injection(x)
-        one = m(x, z0=z0, extra_final_step=False)
+        one = m(x, z0=z0, extra_step=False)
         two = m(x, z0=z0)
         torch.testing.assert_close(one.z_star, m.cell(z0, inj))
         torch.testing.assert_close(two.z_star, m.cell(m.cell(z0, inj), inj))
-        zeros = m(x, extra_final_step=False)
+        zeros = m(x, extra_step=False)
         torch.testing.assert_close(zeros.z_star, m.cell(torch.zeros_like(z0), inj))
 
 
@@ -186,13 +186,13 @@ def test_cell_norm_none_normalises_after_the_solve():
 
 
 def test_training_gradient_modes():
-    m = tiny(max_iters=4)
+    m = tiny(max_iter=4)
     m.train()
     x = images()
     grads = {}
     for mode in ("jfb", "ift", "phantom"):
         m.zero_grad()
-        out = m(x, grad_mode=mode)
+        out = m(x, grad=mode)
         out.keypoints.square().sum().backward()
         grads[mode] = m.deq_layer.cell.head.conv.weight.grad.clone()
         assert torch.isfinite(grads[mode]).all() and grads[mode].abs().sum() > 0
@@ -214,13 +214,13 @@ def test_ift_gradient_matches_dense_implicit_function_theorem():
     # A contractive tiny cell (small beta), solved to machine precision in float64; the oracle is
     # dL/dtheta = g^T df/dtheta with (I - J^T) g = dL/dz*, J the dense Jacobian df/dz at z*.
     torch.manual_seed(2)  # this init converges in ~40 iterations (contraction ~0.5)
-    m = LDEQ(LDEQConfig(**{**TINY, "n_keypoints": 1, "cell_softargmax_beta": 0.1, "max_iters": 200,
-                           "tol": 1e-12, "extra_final_step": True})).double().train()
+    m = LDEQ(LDEQConfig(**{**TINY, "n_keypoints": 1, "cell_softargmax_beta": 0.1, "max_iter": 200,
+                           "tol": 1e-12, "extra_step": True})).double().train()
     for mod in m.modules():  # BatchNorm in eval so the backbone is a fixed function of x
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.eval()
     x = images(B=1)
-    out = m(x, grad_mode="ift", deq_kwargs=dict(b_tol=1e-12, b_max_iter=200))
+    out = m(x, grad="ift", deq_kwargs=dict(b_tol=1e-12, b_max_iter=200))
     out.keypoints.square().sum().backward()
     got = m.deq_layer.cell.head.conv.weight.grad.clone()
 
@@ -242,19 +242,19 @@ def test_ift_gradient_matches_dense_implicit_function_theorem():
     assert (jfb - want).abs().max() > 1e-6  # the check can tell IFT from one-step JFB
 
 
-@pytest.mark.parametrize("solver", ["anderson", "broyden", "fixed_point", "fpi"])
+@pytest.mark.parametrize("solver", ["anderson", "broyden", "fixed_point", "fixed_point_last"])
 def test_every_solver_reaches_the_fixed_point_of_a_contractive_cell(solver):
     torch.manual_seed(0)
-    m = LDEQ(LDEQConfig(**{**TINY, "n_keypoints": 1, "cell_softargmax_beta": 0.02, "max_iters": 60,
+    m = LDEQ(LDEQConfig(**{**TINY, "n_keypoints": 1, "cell_softargmax_beta": 0.02, "max_iter": 60,
                            "tol": 1e-7, "solver": solver})).double().eval()
     x = images(B=2)
     with torch.no_grad():
         inj = m.injection(x)
-        out = m(x, extra_final_step=False)
+        out = m(x, extra_step=False)
         fz = m.cell(out.z_star, inj)
         res = (fz - out.z_star).flatten(1).norm(dim=1) / fz.flatten(1).norm(dim=1)
     assert float(res.max()) < 1e-6
-    if solver == "fpi":  # the official iteration stops on the batch-mean residual
+    if solver == "fixed_point_last":  # the official iteration stops on the batch-mean residual
         assert float(out.stats.rel_trace[:, -1].mean()) < 1e-7
     else:  # ldeq.solvers stop each sample on its own residual
         assert bool(out.stats.converged.all())
@@ -276,12 +276,23 @@ def _solve_like_model(m, inj, n):
     (dict(cell_gn_groups=3), "cell_gn_groups"),
     (dict(cell_norm_layer="ln"), "cell_norm_layer"),
     (dict(solver="newton"), "solver"),
-    (dict(tol=0.0), "tol"),
+    (dict(tol=-1e-3), "tol"),
+    (dict(tol=float("nan")), "tol"),
+    (dict(broyden_memory=-1), "broyden_memory"),
     (dict(cell_softargmax_beta=-1.0), "cell_softargmax_beta"),
 ])
 def test_bad_config_names_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         LDEQConfig(**{**TINY, **bad})
+
+
+def test_tol_zero_is_a_fixed_budget():
+    """tol = 0 (the official WFLW-V test setting rel_diff_target = 0.0) runs exactly max_iter steps."""
+    for solver in ("fixed_point_last", "anderson"):
+        m = tiny(solver=solver, max_iter=3, tol=0.0)
+        with torch.no_grad():
+            out = m(images())
+        assert int(out.stats.nstep.max()) == 3, solver
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -296,25 +307,25 @@ def test_bad_inputs_raise_clear_errors():
         m(bad)
     with pytest.raises(ValueError, match=r"z0: expected shape \(2, 5, 16, 16\)"):
         m(images(), z0=torch.zeros(2, 98, 16, 16, dtype=torch.float64))
-    with pytest.raises(ValueError, match="grad_mode"):
-        m(images(), grad_mode="backprop")
+    with pytest.raises(ValueError, match="grad"):
+        m(images(), grad="backprop")
     with pytest.raises(ValueError, match="mode='unrolled'"):
         m(images(), mode="unrolled")
 
 
-@pytest.mark.parametrize("solver", ["fpi", "fixed_point"])
+@pytest.mark.parametrize("solver", ["fixed_point_last", "fixed_point"])
 def test_save_trajectory_returns_one_iterate_per_iteration(solver):
-    m = tiny(solver=solver, max_iters=3, tol=1e-30)
+    m = tiny(solver=solver, max_iter=3, tol=1e-30)
     with torch.no_grad():
-        out = m(images(), save_trajectory=True, extra_final_step=False)
+        out = m(images(), save_trajectory=True, extra_step=False)
         inj = m.injection(images())
     assert len(out.trajectory) == 3 and all(t.shape == (2, 5, 16, 16) for t in out.trajectory)
-    if solver == "fpi":  # the official iteration keeps f^k(z0)
+    if solver == "fixed_point_last":  # the official iteration keeps f^k(z0)
         torch.testing.assert_close(out.trajectory[0], m.cell(torch.zeros(2, 5, 16, 16, dtype=torch.float64), inj))
         torch.testing.assert_close(out.trajectory[-1], out.z_star)
 
 
-@pytest.mark.parametrize("solver", ["fpi", "anderson"])
+@pytest.mark.parametrize("solver", ["fixed_point_last", "anderson"])
 def test_forward_on_each_device_matches_cpu(device, solver):
     m = tiny(solver=solver)
     x = images()
@@ -326,11 +337,11 @@ def test_forward_on_each_device_matches_cpu(device, solver):
 
 
 def test_stochastic_max_iters_only_in_training():
-    m = tiny(max_iters=5, tol=1e-30, stochastic_max_iters=True)
+    m = tiny(max_iter=5, tol=1e-30, stochastic_max_iter=True)
     x = images()
     torch.manual_seed(0)
     m.train()
-    budgets = {int(m(x, grad_mode="jfb").stats.max_iter) for _ in range(6)}
+    budgets = {int(m(x, grad="jfb").stats.max_iter) for _ in range(6)}
     assert budgets <= set(range(1, 6)) and len(budgets) > 1
     m.eval()
     with torch.no_grad():

@@ -269,7 +269,10 @@ def test_low_precision_state_converges(name, dtype):
 
 # ---- registry ---------------------------------------------------------------------------------
 def test_registry_names_aliases_and_errors():
-    assert S.get_solver("fpi") is S.fixed_point is S.get_solver("Fixed_Point")
+    assert S.get_solver("fixed_point_last") is S.fixed_point_last
+    assert S.get_solver("fixed_point") is S.fixed_point is S.get_solver("Fixed_Point")
+    with pytest.raises(ValueError, match="ambiguous.*fixed_point_last"):
+        S.get_solver("fpi")
     assert S.get_solver("anderson") is S.anderson and S.get_solver("broyden") is S.broyden
     with pytest.raises(ValueError, match="unknown solver 'newton'.*anderson, broyden"):
         S.get_solver("newton")

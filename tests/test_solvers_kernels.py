@@ -4,12 +4,10 @@ Broyden's secant condition)."""
 import pytest
 import torch
 
-from ldeq import _ext
 from ldeq.solvers import _kernels as K
 from ldeq.solvers import _reference as ref
 
 F64 = torch.float64
-needs_ext = pytest.mark.skipif(not _ext.extension_loaded(), reason="ldeq._C not built")
 
 
 def _tol(dtype):
@@ -21,7 +19,6 @@ def _hist(m, B, d, dtype, device, seed=0):
     return torch.randn(m, B, d, generator=g, dtype=F64).to(dtype).to(device)
 
 
-@needs_ext
 @pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("slot,n", [(0, 1), (2, 3), (1, 4)])
 def test_anderson_update_matches_reference(device, dtype, slot, n):
@@ -49,7 +46,6 @@ def test_anderson_update_matches_reference(device, dtype, slot, n):
         assert float(Hk[0, i, slot]) == float(Hk[0, slot, i])
 
 
-@needs_ext
 @pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("slot,n,beta", [(1, 1, 1.0), (3, 3, 0.7), (0, 4, 0.3)])
 def test_anderson_mix_matches_reference_in_place(device, dtype, slot, n, beta):
@@ -92,7 +88,6 @@ def test_bordered_solve_is_the_constrained_least_squares_optimum(lam):
     assert not fb.any()
 
 
-@needs_ext
 @pytest.mark.parametrize("case", ["regular", "singular", "zero", "nan", "tiny_scale", "n1"])
 def test_anderson_solve_kernel_matches_reference_and_never_nans(device, case):
     n, lam = 4, 1e-4
@@ -143,7 +138,6 @@ def test_anderson_solve_kernel_matches_reference_and_never_nans(device, case):
         assert bool((ours <= best * (1 + 1e-3) + 1e-9).all()), (ours, best)
 
 
-@needs_ext
 @pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n", [0, 1, 3])
 def test_broyden_pass1_matches_reference(device, dtype, n):
@@ -164,7 +158,6 @@ def test_broyden_pass1_matches_reference(device, dtype, n):
         assert abs(float(dk[0, n]) - float(V[0, 0].double() @ (g - go[0].double()))) < 1e-7 * d
 
 
-@needs_ext
 @pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("slot,n", [(0, 0), (1, 1), (3, 3), (1, 4)])
 def test_broyden_pass2_matches_reference_in_place(device, dtype, slot, n):
@@ -235,7 +228,6 @@ def test_broyden_update_satisfies_the_secant_condition():
         g_old, z = g_new, z_next
 
 
-@needs_ext
 def test_op_schemas_and_fake_kernels_pass_opcheck():
     """Schema mutation annotations, fake (meta) kernels and dispatch, checked by torch's opcheck."""
     B, d, m = 2, 300, 3

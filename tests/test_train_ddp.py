@@ -27,9 +27,9 @@ TOY = ["model.arch=toy", "data.dataset=toy", "data.num_train=32", "data.num_test
 def tiny_ldeq(root):
     # solver.tol=1e-9: every sample runs the full max_iter, so the iteration count cannot depend on
     # which other samples share the batch (a batch-level stop rule would).
-    return ["model.image_size=64", "model.injection_width=8", "model.base_width=8", "model.width_increment=4",
-            "solver.name=fixed_point", "solver.max_iter=3", "solver.tol=1e-9", "solver.eval_max_iter=2",
-            "solver.backward_max_iter=3", "solver.backward_tol=1e-12", "data.dataset=synthetic",
+    return ["model.image_size=64", "model.injection_width=8", "model.cell_base_width=8", "model.cell_width_increment=4",
+            "solver.solver=fixed_point", "solver.max_iter=3", "solver.tol=1e-9", "solver.eval_max_iter=2",
+            "solver.b_max_iter=3", "solver.b_tol=1e-12", "data.dataset=synthetic",
             f"data.root={root}", "data.num_train=16", "data.num_test=4"]
 
 
@@ -61,7 +61,6 @@ def _run_ddp(out, overrides):
 def _arch_overrides(arch, tmp_path):
     if arch == "toy":
         return COMMON + TOY
-    pytest.importorskip("ldeq.solvers.implicit")
     return COMMON + tiny_ldeq(str(tmp_path / "synthetic"))
 
 

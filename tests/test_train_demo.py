@@ -1,14 +1,10 @@
 """``make demo`` end to end at toy scale: data generated, trained, evaluated, report written."""
 import json
 
-import pytest
-
-pytest.importorskip("ldeq.solvers.deq")
-
 from ldeq.demo import main, run_demo  # noqa: E402
 
 TINY = ["data.num_train=16", "data.num_test=6", "train.steps=2", "train.batch_size=4",
-        "model.injection_width=8", "model.base_width=8", "model.width_increment=4", "solver.max_iter=2",
+        "model.injection_width=8", "model.cell_base_width=8", "model.cell_width_increment=4", "solver.max_iter=2",
         "solver.eval_max_iter=2", "train.eval_batch_size=6"]
 
 

@@ -6,8 +6,6 @@ benchmarks/bench_train_memory.py and docs/benchmarks.md.)"""
 import pytest
 import torch
 
-pytest.importorskip("ldeq.solvers.deq")
-
 from benchmarks_path import make_step  # noqa: E402  (tests/benchmarks_path.py adds benchmarks/)
 
 

@@ -7,8 +7,6 @@ import types
 import pytest
 import torch
 
-pytest.importorskip("ldeq.solvers.deq")
-
 from benchmarks_path import make_step  # noqa: E402
 from ldeq.train.config import build_config  # noqa: E402
 from ldeq.train.logs import MetricsWriter  # noqa: E402
@@ -44,7 +42,7 @@ def test_ift_and_jfb_differ():
     grads = {}
     for grad in ("ift", "jfb"):
         step, images, _ = make_step("jfb", 3, image_size=64, B=1)
-        cfg = build_config("synthetic-small", overrides=[f"solver.grad={grad}", "solver.backward_max_iter=8"])
+        cfg = build_config("synthetic-small", overrides=[f"solver.grad={grad}", "solver.b_max_iter=8"])
         ts = TrainStep(step.model, cfg)
         ts(images, 3).keypoints.sum().backward()
         grads[grad] = ts.model.deq_layer.cell.tail.conv.weight.grad.clone()

@@ -4,8 +4,6 @@ import os
 
 import pytest
 
-pytest.importorskip("ldeq.solvers.deq")
-
 from ldeq.train.config import build_config  # noqa: E402
 from ldeq.train.logs import read_metrics  # noqa: E402
 from ldeq.train.trainer import train  # noqa: E402
@@ -35,7 +33,7 @@ def test_wflw_dataset_option_reads_precropped_layout(tmp_path):
     """data.dataset=wflw on a folder in the pre-cropped WFLW layout (here a synthetic export)."""
     from ldeq.data import export_wflw_cropped
     export_wflw_cropped(str(tmp_path / "wflw"), n_train=8, n_test=4, out_size=64, progress=False)
-    tiny = ["model.injection_width=8", "model.base_width=8", "model.width_increment=4", "solver.max_iter=2",
+    tiny = ["model.injection_width=8", "model.cell_base_width=8", "model.cell_width_increment=4", "solver.max_iter=2",
             "solver.eval_max_iter=2", "train.steps=1", "train.batch_size=4", "train.eval_batch_size=4"]
     cfg = build_config("wflw", overrides=tiny + ["model.image_size=64", f"data.root={tmp_path / 'wflw'}",
                                                  "data.num_workers=0", "train.amp=off"])

@@ -62,7 +62,7 @@ def test_resume_reproduces_uninterrupted_trajectory(tmp_path):
 
 def test_resume_rejects_other_model(tmp_path):
     train(toy_cfg("train.steps=2", "train.ckpt_every=1"), str(tmp_path), progress=False)
-    other = toy_cfg("train.steps=4", "model.num_landmarks=5")
+    other = toy_cfg("train.steps=4", "model.n_keypoints=5")
     with pytest.raises(ValueError, match="model config"):
         train(other, str(tmp_path), resume="auto", progress=False)
 

@@ -19,7 +19,7 @@ def env(tmp_path_factory):
     d = tmp_path_factory.mktemp("video_cli")
     torch.manual_seed(0)
     m = LDEQ(LDEQConfig(injection_width=16, cell_base_width=16, cell_width_increment=4, heatmap_size=16,
-                        image_size=64, max_iters=3, solver="fixed_point"))
+                        image_size=64, max_iter=3, solver="fixed_point"))
     save_checkpoint(m, str(d / "tiny.pt"))
     v = make_synthetic_video(5, n_frames=T, size=(96, 128))
     write_video(str(d / "clip.mp4"), v.frames, 30)

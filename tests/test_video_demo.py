@@ -10,7 +10,7 @@ def test_run_video_demo_writes_everything(tmp_path):
     from ldeq.model import LDEQ, LDEQConfig, save_checkpoint
     torch.manual_seed(0)
     m = LDEQ(LDEQConfig(injection_width=16, cell_base_width=16, cell_width_increment=4, heatmap_size=16,
-                        image_size=64, max_iters=2, solver="fixed_point"))
+                        image_size=64, max_iter=2, solver="fixed_point"))
     save_checkpoint(m, str(tmp_path / "tiny.pt"))
     out = run_video_demo(str(tmp_path / "tiny.pt"), str(tmp_path / "v"), n_videos=2, n_frames=10, progress=False,
                          filters={"ema": {"alpha": 0.5}})

@@ -11,7 +11,7 @@ def model():
     from ldeq.model import LDEQ, LDEQConfig
     torch.manual_seed(0)
     return LDEQ(LDEQConfig(injection_width=16, cell_base_width=16, cell_width_increment=4, heatmap_size=16,
-                           image_size=64, max_iters=4, solver="fixed_point")).eval()
+                           image_size=64, max_iter=4, solver="fixed_point")).eval()
 
 
 def _norm(images):
@@ -24,7 +24,7 @@ def test_from_zeros_is_the_model_forward(model):
     images = torch.rand(2, 3, 64, 64)
     kp, z = LDEQSolve(model)(images, None, 3)
     with torch.no_grad():
-        out = model(_norm(images), max_iters=3)
+        out = model(_norm(images), max_iter=3)
     torch.testing.assert_close(kp, out.keypoints)
     torch.testing.assert_close(z, out.z_star)
 

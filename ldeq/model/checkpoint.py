@@ -130,7 +130,7 @@ def load_checkpoint(path, map_location="cpu", **overrides) -> LDEQ:
     """Build the LDEQ a checkpoint describes, load its weights strictly, return it in eval mode.
 
     ``overrides`` set config fields the file cannot tell (e.g. ``cell_gn_groups``) or change
-    inference settings (``solver``, ``max_iters``, ``tol``, ``official_std``...).
+    inference settings (``solver``, ``max_iter``, ``tol``, ``official_std``...).
     """
     ckpt = read_checkpoint(path, map_location)
     cfg = config_from_checkpoint(ckpt, **overrides)

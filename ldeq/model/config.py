@@ -13,7 +13,12 @@ from typing import Any, Dict
 NORMS = ("bn", "gn", "none")
 CELL_NORMS = ("softargmax", "none")  # heatmap normalisation inside the cell (official 'cell_norm')
 MODES = ("implicit", "explicit")
-SOLVERS = ("anderson", "broyden", "fixed_point", "fpi")
+SOLVERS = ("anderson", "broyden", "fixed_point", "fixed_point_last")
+# Names in the official release's args (and in ldeq checkpoints before the one-name-per-knob
+# rename) -> our field names. Read when loading; never written back except by to_namespace.
+LEGACY_FIELDS = {"max_iters": "max_iter", "stochastic_max_iters": "stochastic_max_iter",
+                 "extra_final_step": "extra_step"}
+OFFICIAL_SOLVERS = {"fpi": "fixed_point_last"}
 STOP_MODES = ("rel", "abs")
 
 
@@ -41,15 +46,16 @@ class LDEQConfig:
     # fixed-point solve
     model_mode: str = "implicit"        # 'implicit' (DEQ solve) or 'explicit' (unrolled, weight-tied)
     explicit_depth: int = 5             # cell applications in explicit mode
-    solver: str = "anderson"
-    max_iters: int = 10
-    tol: float = 5e-3                   # stop when the (stop_mode) residual is below tol
+    solver: str = "anderson"            # ldeq.solvers name; 'fixed_point_last' = the official loop
+    max_iter: int = 10
+    tol: float = 5e-3                   # stop when the (stop_mode) residual is below tol; 0 = fixed budget
     stop_mode: str = "rel"
-    extra_final_step: bool = True       # apply f once more after the solve (official default)
-    stochastic_max_iters: bool = False  # training only: max_iters ~ uniform{1..max_iters} per batch
-    anderson_m: int = 6
+    extra_step: bool = True             # apply f once more after the solve (official default)
+    stochastic_max_iter: bool = False   # training only: max_iter ~ uniform{1..max_iter} per batch
+    anderson_m: int = 6                 # solver options: config key = <solver>_<kwarg of that solver>
     anderson_lam: float = 1e-4
     anderson_beta: float = 1.0
+    broyden_memory: int = 0             # Broyden's memory (0: the solver's default, max_iter)
     # decode
     official_std: bool = False          # uncertainty as the official release computes it (a 2nd moment)
 
@@ -71,7 +77,7 @@ class LDEQConfig:
             if not ok:
                 raise ValueError(f"LDEQConfig.{name}={getattr(self, name)!r}: expected {expected}")
         for name in ("injection_width", "cell_base_width", "n_keypoints", "heatmap_size", "image_size",
-                     "cell_gn_groups", "explicit_depth", "max_iters", "anderson_m"):
+                     "cell_gn_groups", "explicit_depth", "max_iter", "anderson_m"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
         need(isinstance(self.cell_width_increment, int) and self.cell_width_increment >= 0,
              "cell_width_increment", "an int >= 0")
@@ -86,7 +92,10 @@ class LDEQConfig:
         need(self.stop_mode in STOP_MODES, "stop_mode", f"one of {STOP_MODES}")
         need(math.isfinite(self.cell_softargmax_beta) and self.cell_softargmax_beta > 0,
              "cell_softargmax_beta", "a finite float > 0")
-        need(math.isfinite(self.tol) and self.tol > 0, "tol", "a finite float > 0")
+        need(isinstance(self.broyden_memory, int) and self.broyden_memory >= 0, "broyden_memory",
+             "an int >= 0 (0: the solver's default)")
+        need(isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol >= 0, "tol",
+             "a finite float >= 0 (0: run exactly max_iter iterations)")
         # the hourglass halves the resolution 4 times; the backbone divides the image by 4
         need(self.heatmap_size % 16 == 0, "heatmap_size", "a multiple of 16 (hourglass depth 4)")
         need(self.image_size == 4 * self.heatmap_size, "image_size",
@@ -104,6 +113,7 @@ class LDEQConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "LDEQConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {LEGACY_FIELDS.get(k, k) if LEGACY_FIELDS.get(k) not in d else k: v for k, v in d.items()}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"LDEQConfig: unknown fields {unknown}; expected a subset of {sorted(names)}")
@@ -119,10 +129,11 @@ class LDEQConfig:
         ns.im_size = self.image_size
         ns.cell_name = "Cell0"
         ns.ldeq_format = 1  # marks our own args: a learned beta here is a real, trained parameter
-        ns.solver = "fpi" if self.solver in ("fpi", "fixed_point") else self.solver
+        ns.solver = "fpi" if self.solver in ("fixed_point_last", "fixed_point") else self.solver
+        ns.max_iters = self.max_iter
         ns.rel_diff_target = self.tol
         ns.abs_diff_target = self.tol
-        ns.take_one_less_inference_step = not self.extra_final_step
+        ns.take_one_less_inference_step = not self.extra_step
         ns.cell_use_bn_for_explicit = self.cell_norm_layer == "bn"
         ns.cell_norm = "None" if self.cell_norm == "none" else self.cell_norm
         return ns
@@ -136,6 +147,9 @@ class LDEQConfig:
         official code (so never trained) and acts as the fixed value softplus(beta).
         """
         a = dict(vars(ns)) if isinstance(ns, argparse.Namespace) else dict(ns)
+        for old, new in LEGACY_FIELDS.items():
+            if old in a and new not in a:
+                a[new] = a[old]
         own = {f.name for f in dataclasses.fields(cls)}
         kw: Dict[str, Any] = {k: a[k] for k in own if k in a and k not in ("cell_norm", "solver")}
         if "im_size" in a and "image_size" not in a:
@@ -143,9 +157,9 @@ class LDEQConfig:
         if "cell_norm" in a:
             kw["cell_norm"] = "none" if str(a["cell_norm"]).lower() == "none" else str(a["cell_norm"])
         if "solver" in a:
-            kw["solver"] = str(a["solver"])
-        if "take_one_less_inference_step" in a and "extra_final_step" not in a:
-            kw["extra_final_step"] = not bool(a["take_one_less_inference_step"])
+            kw["solver"] = OFFICIAL_SOLVERS.get(str(a["solver"]), str(a["solver"]))
+        if "take_one_less_inference_step" in a and "extra_step" not in a:
+            kw["extra_step"] = not bool(a["take_one_less_inference_step"])
         if "tol" not in a:
             mode = a.get("stop_mode", "rel")
             t = a.get("abs_diff_target" if mode == "abs" else "rel_diff_target")

@@ -13,11 +13,13 @@ import torch
 import torch.nn as nn
 
 from ldeq.ops import heatmap_decode
+from ldeq.solvers import SolverStats
+from ldeq.solvers.deq import GRAD_MODES
 
 from .config import LDEQConfig
 from .hourglass import Hourglass
 from .layers import Conv, SoftArgmaxNorm, _Identity
-from .solve import GRAD_MODES, SolverStats, residuals, run_deq, stats_from_traces
+from .solve import residuals, run_deq, stats_from_traces
 
 
 @dataclass
@@ -63,6 +65,15 @@ class Cell(nn.Module):
         return self.features_to_heatmaps(self.head(self.hourglass(out)))
 
 
+def solver_options(cfg: LDEQConfig, solver: str) -> dict:
+    """The ``<solver>_<kwarg>`` fields of ``cfg`` as keyword arguments of that solver."""
+    if solver == "anderson":
+        return dict(m=cfg.anderson_m, lam=cfg.anderson_lam, beta=cfg.anderson_beta)
+    if solver == "broyden" and cfg.broyden_memory > 0:
+        return dict(memory=cfg.broyden_memory)
+    return {}
+
+
 class DEQLayer(nn.Module):
     """Finds z* = cell(z*, x): implicitly (solver, then tracked step) or explicitly (unrolled, weight-tied)."""
 
@@ -71,18 +82,18 @@ class DEQLayer(nn.Module):
         self.cfg = cfg
         self.cell = Cell(cfg)
 
-    def forward(self, x, z0, *, mode, solver, max_iters, tol, stop_mode, extra_final_step, grad_mode,
+    def forward(self, x, z0, *, mode, solver, max_iter, tol, stop_mode, extra_step, grad,
                 save_trajectory=False, deq_kwargs=None):
         """x (B, W, S, S), z0 (B, Z, S, S) -> (z (B, Z, S, S), SolverStats, trajectory list)."""
         if mode == "explicit":
             return self._explicit(lambda z: self.cell(z, x), z0, save_trajectory)
         cfg = self.cfg
-        skw = dict(m=cfg.anderson_m, lam=cfg.anderson_lam, beta=cfg.anderson_beta) if solver == "anderson" else {}
-        stochastic = self.training and cfg.stochastic_max_iters
+        skw = solver_options(cfg, solver)
+        stochastic = self.training and cfg.stochastic_max_iter
         if save_trajectory and not stochastic:  # solver iterates at every iteration (best so far)
-            skw["trajectory"] = list(range(1, max_iters + 1))
-        z, stats = run_deq(self.cell, z0, x, solver=solver, max_iter=max_iters, tol=tol, stop_mode=stop_mode,
-                           solver_kwargs=skw, grad=grad_mode, extra_step=extra_final_step,
+            skw["trajectory"] = list(range(1, max_iter + 1))
+        z, stats = run_deq(self.cell, z0, x, solver=solver, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
+                           solver_kwargs=skw, grad=grad, extra_step=extra_step,
                            stochastic_max_iter=stochastic, **(deq_kwargs or {}))
         traj = getattr(stats, "trajectory", None) or {}
         return z, stats, [traj[k] for k in sorted(traj)]
@@ -137,35 +148,35 @@ class LDEQ(nn.Module):
 
     # -- the model -------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, z0: Optional[torch.Tensor] = None, *, mode: Optional[str] = None,
-                solver: Optional[str] = None, max_iters: Optional[int] = None, tol: Optional[float] = None,
-                stop_mode: Optional[str] = None, extra_final_step: Optional[bool] = None,
-                official_std: Optional[bool] = None, grad_mode: str = "ift",
+                solver: Optional[str] = None, max_iter: Optional[int] = None, tol: Optional[float] = None,
+                stop_mode: Optional[str] = None, extra_step: Optional[bool] = None,
+                official_std: Optional[bool] = None, grad: str = "ift",
                 save_trajectory: bool = False, deq_kwargs: Optional[dict] = None) -> LDEQOutput:
         """images (B, 3, 4S, 4S) float, normalised; z0 (B, Z, S, S) or None for zeros.
 
         Keyword arguments override the config for this call. The solve always runs without
         autograd. When autograd is enabled, a tracked step z = f(z*) carries the gradient chosen by
-        ``grad_mode``: 'ift' (implicit), 'jfb' (that step only) or 'phantom'; ``deq_kwargs`` go to
+        ``grad``: 'ift' (implicit), 'jfb' (that step only) or 'phantom'; ``deq_kwargs`` go to
         ``ldeq.solvers.deq`` (e.g. b_max_iter, b_tol, phantom_steps, jac_reg_samples) -- this is
         the trainer's hook. Without autograd the extra final step f(z*) is applied unless
-        ``extra_final_step=False``. Stochastic max_iters applies in training mode only.
+        ``extra_step=False``. Stochastic max_iter applies in training mode only.
         ``save_trajectory`` returns the solver iterates (when the solver records them).
         """
         cfg = self.cfg
         mode = cfg.model_mode if mode is None else mode
         if mode not in ("implicit", "explicit"):
             raise ValueError(f"mode={mode!r}: expected 'implicit' or 'explicit'")
-        if grad_mode not in GRAD_MODES:
-            raise ValueError(f"grad_mode={grad_mode!r}: expected one of {GRAD_MODES}")
+        if grad not in GRAD_MODES:
+            raise ValueError(f"grad={grad!r}: expected one of {GRAD_MODES}")
         x = self.injection(images)
         z0 = self.zeros_z0(x.shape[0], x) if z0 is None else self._check_z0(z0, x)
         z, stats, traj = self.deq_layer(
             x, z0, mode=mode, solver=cfg.solver if solver is None else solver,
-            max_iters=cfg.max_iters if max_iters is None else int(max_iters),
+            max_iter=cfg.max_iter if max_iter is None else int(max_iter),
             tol=cfg.tol if tol is None else float(tol),
             stop_mode=cfg.stop_mode if stop_mode is None else stop_mode,
-            extra_final_step=cfg.extra_final_step if extra_final_step is None else extra_final_step,
-            grad_mode=grad_mode, save_trajectory=save_trajectory, deq_kwargs=deq_kwargs)
+            extra_step=cfg.extra_step if extra_step is None else extra_step,
+            grad=grad, save_trajectory=save_trajectory, deq_kwargs=deq_kwargs)
         h, kp, std = self.decode(z, official_std)
         return LDEQOutput(keypoints=kp, uncertainty=std, z_star=z, heatmaps=h, stats=stats, trajectory=traj)
 

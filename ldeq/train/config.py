@@ -17,35 +17,40 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    """LDEQ architecture (reference section 1). ``arch='toy'`` is a tiny non-DEQ regressor used to
-    test the training machinery in seconds; it ignores the width fields."""
+    """LDEQ architecture (reference section 1), with LDEQConfig's field names. ``arch='toy'`` is a
+    tiny non-DEQ regressor used to test the training machinery in seconds; it ignores the widths."""
     arch: str = "ldeq"                 # 'ldeq' | 'toy'
     injection_width: int = 224         # W: backbone output channels
-    base_width: int = 224              # w: hourglass base width
-    width_increment: int = 24          # i: hourglass width increment per level
-    gn_groups: int = 1                 # GroupNorm groups in the cell
-    beta: float = 1.0                  # soft-argmax sharpness
-    extra_latent: int = 0              # latent channels beyond the 98 heatmaps
-    num_landmarks: int = 98
+    cell_base_width: int = 224         # w: hourglass base width
+    cell_width_increment: int = 24     # i: hourglass width increment per level
+    cell_gn_groups: int = 1            # GroupNorm groups in the cell
+    cell_softargmax_beta: float = 1.0  # soft-argmax sharpness
+    cell_extra_latent_width: int = 0   # latent channels beyond the 98 heatmaps
+    n_keypoints: int = 98
     image_size: int = 256              # input crop side; heatmaps are image_size / 4
 
 
 @dataclass
 class SolverConfig:
-    """Fixed-point solve and gradient (reference section 2)."""
-    name: str = "anderson"             # 'anderson' | 'broyden' | 'fixed_point'
+    """Fixed-point solve and gradient (reference section 2). Names are ldeq.solvers' own (and
+    LDEQConfig's): solver options are ``<solver>_<kwarg>``, backward-solve options ``b_<option>``."""
+    solver: str = "anderson"           # 'anderson' | 'broyden' | 'fixed_point' | 'fixed_point_last'
     max_iter: int = 15                 # training forward budget (upper bound if stochastic)
     stochastic_max_iter: bool = True   # per batch max_iter ~ uniform{1..max_iter}
     eval_max_iter: int = 15
-    tol: float = 5e-3
+    tol: float = 5e-3                  # 0 = fixed budget (run exactly max_iter)
     stop_mode: str = "rel"             # 'rel' | 'abs'
+    anderson_m: int = 6
+    anderson_lam: float = 1e-4
+    anderson_beta: float = 1.0
+    broyden_memory: int = 0            # 0: the solver's default (keep every update)
     grad: str = "ift"                  # 'ift' | 'jfb' | 'phantom'
-    backward_max_iter: int = 15        # implicit backward solve budget
-    backward_tol: float = 1e-4
+    b_max_iter: int = 15               # implicit backward solve budget
+    b_tol: float = 1e-4
     phantom_steps: int = 1
-    phantom_damping: float = 0.8
+    phantom_tau: float = 0.8           # phantom gradient damping
     jac_reg: float = 0.0               # weight of the Jacobian Frobenius-norm regulariser (0 = off)
-    extra_final_step: bool = True      # inference: apply f once more after the solve
+    extra_step: bool = True            # inference: apply f once more after the solve
 
 
 @dataclass
@@ -111,7 +116,7 @@ _SECTION_CLASSES = {"model": ModelConfig, "solver": SolverConfig, "data": DataCo
 # Choices checked by validate(); keys absent here accept any value of the right type.
 _CHOICES = {
     ("model", "arch"): ("ldeq", "toy"),
-    ("solver", "name"): ("anderson", "broyden", "fixed_point", "fpi"),
+    ("solver", "solver"): ("anderson", "broyden", "fixed_point", "fixed_point_last"),
     ("solver", "stop_mode"): ("rel", "abs"),
     ("solver", "grad"): ("ift", "jfb", "phantom"),
     ("data", "dataset"): ("synthetic", "wflw", "toy"),
@@ -126,10 +131,10 @@ _CHOICES = {
 # 'synthetic-small': a small model that learns the synthetic faces on 2 CPU cores in minutes.
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "wflw": {
-        "model": {"arch": "ldeq", "injection_width": 224, "base_width": 224, "width_increment": 24,
-                  "gn_groups": 1, "beta": 1.0},
-        "solver": {"name": "anderson", "max_iter": 15, "stochastic_max_iter": True, "eval_max_iter": 15,
-                   "tol": 5e-3, "grad": "ift", "backward_max_iter": 15},
+        "model": {"arch": "ldeq", "injection_width": 224, "cell_base_width": 224, "cell_width_increment": 24,
+                  "cell_gn_groups": 1, "cell_softargmax_beta": 1.0},
+        "solver": {"solver": "anderson", "max_iter": 15, "stochastic_max_iter": True, "eval_max_iter": 15,
+                   "tol": 5e-3, "grad": "ift", "b_max_iter": 15},
         "data": {"dataset": "wflw", "root": "data/WFLW", "augment": True, "num_workers": 8},
         "optim": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 1000,
                   "grad_clip": 1.0, "ema_decay": 0.999},
@@ -137,12 +142,12 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
                   "ckpt_every": 1000, "log_every": 50, "loss": "l1", "amp": "auto"},
     },
     "synthetic-small": {
-        "model": {"arch": "ldeq", "injection_width": 32, "base_width": 32, "width_increment": 8,
-                  "gn_groups": 1, "beta": 1.0, "image_size": 64},
+        "model": {"arch": "ldeq", "injection_width": 32, "cell_base_width": 32, "cell_width_increment": 8,
+                  "cell_gn_groups": 1, "cell_softargmax_beta": 1.0, "image_size": 64},
         # JFB: on CPU a step costs ~3x less than with the implicit backward solve (bench_train_memory), which buys more
         # steps in the demo's few minutes; solver.grad=ift works too (tested in test_train_ddp.py)
-        "solver": {"name": "anderson", "max_iter": 6, "stochastic_max_iter": True, "eval_max_iter": 8,
-                   "tol": 1e-2, "grad": "jfb", "backward_max_iter": 6, "backward_tol": 1e-3},
+        "solver": {"solver": "anderson", "max_iter": 6, "stochastic_max_iter": True, "eval_max_iter": 8,
+                   "tol": 1e-2, "grad": "jfb", "b_max_iter": 6, "b_tol": 1e-3},
         "data": {"dataset": "synthetic", "root": "data/synthetic", "num_train": 1000, "num_test": 100,
                  "augment": True, "num_workers": 0},
         "optim": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 30,
@@ -189,8 +194,19 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def apply_dict(cfg: Config, updates: Dict[str, Any], source: str = "config") -> Config:
-    """Returns a copy of ``cfg`` with ``{section: {key: value}}`` applied, rejecting unknown names."""
+# Keys renamed to the one-name-per-knob scheme: accepted in saved configs (checkpoints), refused
+# with a pointer to the new name in user files and overrides.
+RENAMED = {("model", "base_width"): "cell_base_width", ("model", "width_increment"): "cell_width_increment",
+           ("model", "gn_groups"): "cell_gn_groups", ("model", "beta"): "cell_softargmax_beta",
+           ("model", "extra_latent"): "cell_extra_latent_width", ("model", "num_landmarks"): "n_keypoints",
+           ("solver", "name"): "solver", ("solver", "backward_max_iter"): "b_max_iter",
+           ("solver", "backward_tol"): "b_tol", ("solver", "phantom_damping"): "phantom_tau",
+           ("solver", "extra_final_step"): "extra_step"}
+
+
+def apply_dict(cfg: Config, updates: Dict[str, Any], source: str = "config", legacy: bool = False) -> Config:
+    """Returns a copy of ``cfg`` with ``{section: {key: value}}`` applied, rejecting unknown names
+    (``legacy``: map keys from before the rename, for configs saved in older checkpoints)."""
     cfg = copy.deepcopy(cfg)
     if not isinstance(updates, dict):
         raise ConfigError(f"{source}: expected a mapping of sections {sorted(SECTIONS)}, got {type(updates).__name__}")
@@ -202,8 +218,16 @@ def apply_dict(cfg: Config, updates: Dict[str, Any], source: str = "config") -> 
         obj = getattr(cfg, section)
         for key, value in values.items():
             if key not in _valid_keys(section):
-                raise ConfigError(f"{source}: unknown key {section}.{key}; valid keys in {section!r}: "
-                                  f"{', '.join(_valid_keys(section))}")
+                if (section, key) in RENAMED:
+                    if legacy:  # a config saved before the rename (e.g. in an older checkpoint)
+                        key = RENAMED[(section, key)]
+                    else:
+                        raise ConfigError(f"{source}: {section}.{key} was renamed to "
+                                          f"{section}.{RENAMED[(section, key)]} (one name per knob across "
+                                          "ldeq.solvers, the model config and the train config)")
+                else:
+                    raise ConfigError(f"{source}: unknown key {section}.{key}; valid keys in {section!r}: "
+                                      f"{', '.join(_valid_keys(section))}")
             setattr(obj, key, _coerce(section, key, value, getattr(obj, key)))
     return cfg
 
@@ -248,14 +272,15 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{section}.{key}={value!r}; expected one of {list(choices)}")
     positive = [("train", "steps"), ("train", "batch_size"), ("train", "eval_batch_size"),
                 ("train", "log_every"), ("solver", "max_iter"), ("solver", "eval_max_iter"),
-                ("solver", "backward_max_iter"), ("solver", "phantom_steps"), ("model", "num_landmarks"),
+                ("solver", "b_max_iter"), ("solver", "phantom_steps"), ("solver", "anderson_m"),
+                ("model", "n_keypoints"),
                 ("model", "image_size")]
     for section, key in positive:
         if getattr(getattr(cfg, section), key) < 1:
             raise ConfigError(f"{section}.{key} must be >= 1, got {getattr(getattr(cfg, section), key)}")
     non_negative = [("train", "eval_every"), ("train", "ckpt_every"), ("train", "keep_ckpts"),
                     ("train", "threads"), ("train", "time_limit_min"), ("optim", "warmup_steps"), ("optim", "grad_clip"),
-                    ("optim", "weight_decay"), ("solver", "jac_reg"),
+                    ("optim", "weight_decay"), ("solver", "jac_reg"), ("solver", "broyden_memory"),
                     ("data", "num_workers")]
     for section, key in non_negative:
         if getattr(getattr(cfg, section), key) < 0:
@@ -266,9 +291,16 @@ def validate(cfg: Config) -> Config:
     if cfg.model.image_size % 64:
         raise ConfigError(f"model.image_size must be a multiple of 64 (heatmaps are image_size/4 and the "
                           f"hourglass halves them 4 times), got {cfg.model.image_size}")
-    for key in ("tol", "backward_tol"):
-        if not getattr(cfg.solver, key) > 0:
-            raise ConfigError(f"solver.{key} must be > 0, got {getattr(cfg.solver, key)}")
+    if not cfg.solver.tol >= 0:
+        raise ConfigError(f"solver.tol must be >= 0 (0: run exactly max_iter iterations), got {cfg.solver.tol}")
+    if not cfg.solver.b_tol > 0:
+        raise ConfigError(f"solver.b_tol must be > 0, got {cfg.solver.b_tol}")
+    if not 0.0 < cfg.solver.phantom_tau <= 1.0:
+        raise ConfigError(f"solver.phantom_tau must be in (0, 1], got {cfg.solver.phantom_tau}")
+    if not 0.0 < cfg.solver.anderson_beta <= 1.0:
+        raise ConfigError(f"solver.anderson_beta must be in (0, 1], got {cfg.solver.anderson_beta}")
+    if not cfg.solver.anderson_lam >= 0:
+        raise ConfigError(f"solver.anderson_lam must be >= 0, got {cfg.solver.anderson_lam}")
     if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
@@ -294,4 +326,4 @@ def build_config(preset: Optional[str] = None, files: Sequence[str] = (), overri
 
 def config_from_dict(data: Dict[str, Any]) -> Config:
     """Rebuilds a Config saved with :meth:`Config.to_dict` (e.g. from a checkpoint)."""
-    return validate(apply_dict(Config(), data, source="saved config"))
+    return validate(apply_dict(Config(), data, source="saved config", legacy=True))

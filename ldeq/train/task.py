@@ -7,8 +7,10 @@ forward (the DEQ recipe of reference section 2) and an inference forward, and sc
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
+
 
 import torch
 from torch import nn
@@ -52,8 +54,8 @@ class TrainStep(nn.Module):
 
     def deq_kwargs(self) -> Dict[str, object]:
         s = self.scfg
-        return dict(b_max_iter=s.backward_max_iter, b_tol=s.backward_tol, phantom_steps=s.phantom_steps,
-                    phantom_tau=s.phantom_damping, jac_reg_samples=1 if s.jac_reg > 0 else 0,
+        return dict(b_max_iter=s.b_max_iter, b_tol=s.b_tol, phantom_steps=s.phantom_steps,
+                    phantom_tau=s.phantom_tau, jac_reg_samples=1 if s.jac_reg > 0 else 0,
                     # keep the lowest-residual backward iterate when b_tol is not reached (the
                     # trainer logs the failure rate instead of warning every step)
                     on_backward_fail="warn", subset_args=True)
@@ -62,7 +64,7 @@ class TrainStep(nn.Module):
         if not self.is_deq:
             out = self.model(images)
             return StepOutput(out.keypoints, images.new_zeros(()))
-        out = self.model(images, max_iters=int(max_iter), grad_mode=self.scfg.grad, deq_kwargs=self.deq_kwargs())
+        out = self.model(images, max_iter=int(max_iter), grad=self.scfg.grad, deq_kwargs=self.deq_kwargs())
         st = out.stats
         jac = getattr(st, "jac_loss", None)
         reg = jac.mean() / out.z_star[0].numel() if jac is not None else images.new_zeros(())
@@ -116,13 +118,11 @@ class LDEQTask(Task):
         trainer (from a checkpointed generator), so the model's own draw is switched off."""
         from ldeq.model import LDEQConfig
         mc, sc = self.cfg.model, self.cfg.solver
-        return LDEQConfig(
-            injection_width=mc.injection_width, cell_base_width=mc.base_width,
-            cell_width_increment=mc.width_increment, cell_gn_groups=mc.gn_groups,
-            cell_softargmax_beta=float(mc.beta), cell_extra_latent_width=mc.extra_latent,
-            n_keypoints=mc.num_landmarks, image_size=mc.image_size, heatmap_size=mc.image_size // 4,
-            solver=sc.name, max_iters=sc.eval_max_iter, tol=sc.tol, stop_mode=sc.stop_mode,
-            extra_final_step=sc.extra_final_step, stochastic_max_iters=False)
+        model = {k: v for k, v in dataclasses.asdict(mc).items() if k != "arch"}
+        solve = {k: getattr(sc, k) for k in ("solver", "tol", "stop_mode", "extra_step", "anderson_m",
+                                             "anderson_lam", "anderson_beta", "broyden_memory")}
+        return LDEQConfig(**model, **solve, heatmap_size=mc.image_size // 4, max_iter=sc.eval_max_iter,
+                          stochastic_max_iter=False)
 
     def build_model(self):
         from ldeq.model import LDEQ
@@ -134,7 +134,7 @@ class LDEQTask(Task):
 
     @torch.no_grad()
     def predict(self, model, images):
-        out = model(images, max_iters=self.cfg.solver.eval_max_iter)
+        out = model(images, max_iter=self.cfg.solver.eval_max_iter)
         nstep = float(out.stats.nstep.float().mean()) if out.stats is not None else float("nan")
         return out.keypoints, nstep
 

@@ -52,7 +52,7 @@ class ToyRegressor(nn.Module):
             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, TOY_LANDMARKS, 1))
 
-    def forward(self, images, max_iters=None, grad_mode=None, **_):
+    def forward(self, images, max_iter=None, grad=None, **_):
         h = heatmap_softargmax(self.net(images), 1.0)
         kp, std = heatmap_decode(h)
         return SimpleNamespace(keypoints=kp, uncertainty=std, heatmaps=h, stats=None, z_star=None)

@@ -144,7 +144,7 @@ def train(cfg: Config, out_dir: str, resume: Optional[str] = None, *, stop_after
 
 def _train(cfg, out_dir, resume, stop_after, hooks, progress, ctx, t_start):
     tc = cfg.train
-    # An implicit backward solve that misses backward_tol keeps its best iterate; the failure rate
+    # An implicit backward solve that misses b_tol keeps its best iterate; the failure rate
     # is logged as 'bwd_fail' rather than warned about on every step.
     warnings.filterwarnings("ignore", message="implicit backward solve failed", category=RuntimeWarning)
     if tc.threads:

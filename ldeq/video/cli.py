@@ -34,7 +34,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="LDEQ checkpoint (ours or the official format)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--max-iter-full", type=int, default=None,
-                   help="iterations of a solve from zeros (default: the checkpoint's max_iters)")
+                   help="iterations of a solve from zeros (default: the checkpoint's max_iter)")
     p.add_argument("--max-iter-warm", type=int, default=1, help="iterations per frame in mode warm (default 1)")
     p.add_argument("--max-iter-prox", type=int, default=1, help="iterations per frame in mode prox (default 1)")
     p.add_argument("--gamma", type=float, default=1.0, help="prox weight on ||z - z*_{t-1}||^2 (default 1.0)")
@@ -50,7 +50,7 @@ def _load_model(args):
 
 
 def _config(args, model, mode: str) -> RwRConfig:
-    return RwRConfig(mode=mode, max_iter_full=args.max_iter_full or model.cfg.max_iters,
+    return RwRConfig(mode=mode, max_iter_full=args.max_iter_full or model.cfg.max_iter,
                      max_iter_warm=args.max_iter_warm, max_iter_prox=args.max_iter_prox, gamma=args.gamma,
                      batch_size=args.batch_size, crop_size=model.cfg.image_size)
 

@@ -66,7 +66,7 @@ def run_video_demo(checkpoint: str, out_dir: str, n_videos: int = 4, n_frames: i
     os.makedirs(out_dir, exist_ok=True)
     lengths = [max(10, n_frames - 8 * i) for i in range(n_videos)]
     videos = make_synthetic_videos(n_videos, seed, lengths=lengths, events=EVENTS)
-    cfg = RwRConfig(mode="warm", max_iter_full=max_iter_full or model.cfg.max_iters, max_iter_warm=max_iter_warm,
+    cfg = RwRConfig(mode="warm", max_iter_full=max_iter_full or model.cfg.max_iter, max_iter_warm=max_iter_warm,
                     max_iter_prox=max_iter_warm, gamma=gamma, batch_size=batch_size, crop_size=model.cfg.image_size)
     preds: dict = {}
     rows = compare(solve, [v.frames for v in videos], [v.boxes for v in videos], [v.landmarks for v in videos],
