@@ -4,7 +4,7 @@ Build switches (environment variables):
   FORCE_CUDA=1           compile the CUDA kernels even when no GPU is visible (CI does this).
   LDEQ_NO_CUDA=1         never compile CUDA kernels.
   TORCH_CUDA_ARCH_LIST   CUDA architectures; default "8.0;9.0+PTX" when CUDA is forced.
-  MAX_JOBS               parallel compile jobs; default 2 (sized for a 2-core machine).
+  MAX_JOBS               parallel compile jobs; default: the CPUs this process may run on.
 
 The extension must be built against the torch already installed, so install with
 ``pip install --no-build-isolation .`` (an isolated build would fetch a second torch).
@@ -74,9 +74,17 @@ def _cuda_library_includes():
     return dirs
 
 
+def _default_max_jobs():
+    """Parallel compile jobs: the CPUs this process may run on (affinity / cgroup cpuset aware)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def make_extensions():
     with_cuda, why = _want_cuda()
-    os.environ.setdefault("MAX_JOBS", "2")
+    os.environ.setdefault("MAX_JOBS", str(_default_max_jobs()))
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
@@ -119,6 +127,15 @@ setup(
     package_data={"ldeq": ["resources/*", "resources/**/*"]},
     ext_modules=make_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    install_requires=["torch>=2.4", "numpy", "scipy", "tqdm"],
+    # Every third-party module the package imports at run time (cv2 = opencv-python-headless,
+    # yaml = pyyaml). torch: the extension is compiled against the torch already installed.
+    install_requires=["torch>=2.4", "numpy", "scipy", "tqdm", "pyyaml", "matplotlib",
+                      "opencv-python-headless>=4.8,<5"],
+    # Tests and benchmarks compare against TorchDEQ's internals, iterate for iterate: pinned to the
+    # version they were written against.
+    extras_require={
+        "test": ["pytest>=8", "torchdeq==0.1.0"],
+        "bench": ["pytest>=8", "pytest-benchmark>=4", "torchdeq==0.1.0"],
+    },
     entry_points={"console_scripts": ["ldeq=ldeq.cli:main"]},
 )
