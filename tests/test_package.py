@@ -63,3 +63,22 @@ def test_cli_subcommands_import(name):
     from ldeq.cli import COMMANDS
     module = importlib.import_module(COMMANDS[name][0])
     assert callable(getattr(module, "main", None)), f"{COMMANDS[name][0]} has no main(argv)"
+
+
+def test_python_dash_m_ldeq_works_like_the_ldeq_script(tmp_path):
+    # `python -m ldeq` (ldeq/__main__.py) and the `ldeq` console script share ldeq.cli.main:
+    # same usage text, same exit codes, from a directory outside the checkout.
+    import shutil
+    r = subprocess.run([sys.executable, "-m", "ldeq", "--help"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and "usage: ldeq COMMAND" in r.stdout, r.stderr
+    bad = subprocess.run([sys.executable, "-m", "ldeq", "no-such-command"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown command 'no-such-command'" in bad.stderr
+    sub = subprocess.run([sys.executable, "-m", "ldeq", "eval", "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert sub.returncode == 0 and sub.stdout.startswith("usage:"), sub.stderr
+    script = shutil.which("ldeq", path=str(pathlib.Path(sys.executable).parent))
+    assert script, "the `ldeq` console script is not installed beside this Python"
+    s = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert s.returncode == 0 and s.stdout == r.stdout
