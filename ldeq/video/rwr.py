@@ -6,7 +6,10 @@ The runner needs only a ``solve`` callable (the LDEQ model, or any stand-in):
       images:    (B, 3, S, S) float32 RGB in [0, 1] (S = crop size, 256); normalisation is solve's job
       z0:        None (start from zeros) or a (B, ...) tensor of previous equilibria
       max_iter:  iteration budget of this solve
-      prox:      only in mode 'prox': gamma=float and anchor=(B, ...) tensor z*_{t-1}
+      prox:      only in modes 'prox' and 'adaptive': gamma = a float, or a (B, K) / (B, 1) tensor
+                 (per sample / per landmark weight), anchor = (B, ...) tensor z*_{t-1}; in mode
+                 'adaptive' also gamma_speed = float (see below). A solve that does not know
+                 gamma_speed can still run 'off' / 'warm' / 'prox'.
       keypoints: (B, K, 2) (x, y) in crop units [0, 1) (crop pixels / S)
       z_star:    (B, ...) the equilibrium carried to the next frame (the state the keypoints were
                  decoded from, i.e. after the model's extra final step)
@@ -23,6 +26,17 @@ Modes (reference section 3):
         satisfies z - f(z) = gamma (z*_{t-1} - z): the residual is traded against the distance to the
         previous equilibrium, which is the stationarity condition of the objective above when the
         Jacobian of f is neglected. gamma = 0 gives exactly ``warm``.
+  adaptive  prox with a motion-compensated anchor and a per-landmark weight (our variant, chosen
+        from the NME-NMF front, benchmarks/bench_rwr_front.py):
+        1. the anchor z*_{t-1} is warped from frame t-1's crop into frame t's crop through the two
+           crop affines (:func:`warp_states`), so the memory is held in frame coordinates and the
+           detector box's jitter does not move it;
+        2. one application q = f(anchor; x_t) gives each landmark's innovation
+           d_k = ||kp_k(q) - kp_k(anchor)|| (crop units): how far frame t pulls it;
+        3. gamma_k = gamma / (1 + (d_k / gamma_speed)^2): a landmark the image pulls far (a moving
+           face) gets little memory, one that only jitters (a still face, noise) keeps a lot;
+        4. prox iterations with that per-landmark gamma, the first one reusing q (the same
+           ``max_iter_adaptive`` + 1 cell calls per frame as prox).
 
 Crops (reference section 3): box (x1, y1, x2, y2) -> square of side max(w, h) * 1.2 around its
 centre -> affine warp to S x S (ldeq.data.crop); keypoints go back through the inverse affine, so
@@ -42,7 +56,7 @@ import torch
 
 from ldeq.data.crop import invert_affine, square_crop_affine, transform_points, warp_image
 
-MODES = ("off", "warm", "prox")
+MODES = ("off", "warm", "prox", "adaptive")
 
 
 @dataclass
@@ -53,6 +67,10 @@ class RwRConfig:
     max_iter_warm: int = 1
     max_iter_prox: int = 1
     gamma: float = 1.0
+    # mode 'adaptive' (defaults picked from the front measured by benchmarks/bench_rwr_front.py)
+    max_iter_adaptive: int = 1
+    adaptive_gamma: float = 4.0
+    adaptive_speed: float = 0.02
     batch_size: int = 16
     crop_size: int = 256
     crop_scale: float = 1.2
@@ -60,11 +78,16 @@ class RwRConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        for k in ("max_iter_full", "max_iter_warm", "max_iter_prox", "batch_size", "crop_size"):
+        for k in ("max_iter_full", "max_iter_warm", "max_iter_prox", "max_iter_adaptive", "batch_size",
+                  "crop_size"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"{k}: expected an integer >= 1, got {getattr(self, k)}")
         if self.gamma < 0:
             raise ValueError(f"gamma: expected >= 0, got {self.gamma}")
+        if not self.adaptive_gamma >= 0:
+            raise ValueError(f"adaptive_gamma: expected >= 0, got {self.adaptive_gamma}")
+        if not self.adaptive_speed > 0:
+            raise ValueError(f"adaptive_speed: expected > 0 (crop units), got {self.adaptive_speed}")
 
 
 class BoxesTooShort(ValueError):
@@ -77,6 +100,36 @@ def crop_batch(frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray], size: 
     crops = np.stack([warp_image(f, m, size) for f, m in zip(frames, mats)])
     images = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
     return images, np.stack(mats)
+
+
+def warp_states(z: torch.Tensor, mats_prev: np.ndarray, mats_cur: np.ndarray, crop_size: int) -> torch.Tensor:
+    """Re-expresses states (B, C, S, S) (heatmap-like maps over the crop) computed in the crops of
+    affines ``mats_prev`` (B, 2, 3) in the crops of ``mats_cur`` (B, 2, 3) (frame px -> crop px):
+    the value at output pixel u is the input's value at G(u), G = crop_prev o frame <- crop_cur,
+    bilinear, border values beyond the edge. Map pixel u spans crop pixels u * crop_size / S (the
+    soft-argmax decode's convention, x = u / S in crop units). Identical affines give z back."""
+    if z.dim() != 4 or z.shape[-1] != z.shape[-2]:
+        raise ValueError(f"warp_states: expected states (B, C, S, S), got {tuple(z.shape)}")
+    B, S = z.shape[0], z.shape[-1]
+    mp, mc = np.asarray(mats_prev, np.float64), np.asarray(mats_cur, np.float64)
+    if mp.shape != (B, 2, 3) or mc.shape != (B, 2, 3):
+        raise ValueError(f"warp_states: expected affines ({B}, 2, 3), got {mp.shape} and {mc.shape}")
+    k = crop_size / S
+    G = np.empty((B, 2, 3))
+    for b in range(B):
+        cur = np.vstack([mc[b], [0.0, 0.0, 1.0]])
+        prev = np.vstack([mp[b], [0.0, 0.0, 1.0]])
+        g = np.diag([1 / k, 1 / k, 1.0]) @ prev @ np.linalg.inv(cur) @ np.diag([k, k, 1.0])
+        G[b] = g[:2]
+    if np.allclose(G, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), atol=1e-9):
+        return z
+    # in normalised coordinates (align_corners=True: -1 and 1 are the centres of pixels 0 and S-1)
+    # n = 2u / (S - 1) - 1, so the map is n' = A n + (A 1 + 2 t / (S - 1) - 1) with G = [A | t]
+    A, t = G[:, :, :2], G[:, :, 2]
+    theta = np.concatenate([A, (A.sum(-1) + 2 * t / (S - 1) - 1)[..., None]], axis=-1)
+    theta_t = torch.as_tensor(theta, dtype=z.dtype, device=z.device)
+    grid = torch.nn.functional.affine_grid(theta_t, list(z.shape), align_corners=True)
+    return torch.nn.functional.grid_sample(z, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def uncrop_points(keypoints, mats: np.ndarray, size: int = 256) -> np.ndarray:
@@ -100,7 +153,7 @@ class RwRRunner:
         self.partial: List[List[np.ndarray]] = []
         self.iters: List[List[int]] = []
 
-    def _solve_group(self, images, states, restart: bool):
+    def _solve_group(self, images, states, restart: bool, mats_prev=None, mats_cur=None):
         c = self.config
         images = images.to(self.device)
         if restart or c.mode == "off":
@@ -108,6 +161,10 @@ class RwRRunner:
         z0 = torch.stack(states).to(self.device)
         if c.mode == "warm":
             return self.solve(images, z0, c.max_iter_warm), c.max_iter_warm
+        if c.mode == "adaptive":
+            z0 = warp_states(z0, mats_prev, mats_cur, c.crop_size)
+            return (self.solve(images, z0, c.max_iter_adaptive, gamma=c.adaptive_gamma, anchor=z0,
+                               gamma_speed=c.adaptive_speed), c.max_iter_adaptive)
         return self.solve(images, z0, c.max_iter_prox, gamma=c.gamma, anchor=z0), c.max_iter_prox
 
     @torch.no_grad()
@@ -141,6 +198,7 @@ class RwRRunner:
         active: List[int] = []
         its: Dict[int, object] = {}
         state: Dict[int, Optional[torch.Tensor]] = {}
+        crop_of: Dict[int, np.ndarray] = {}  # each video's last crop affine (for mode 'adaptive')
         n_kp = None
         try:
             while queue or active:
@@ -155,6 +213,7 @@ class RwRRunner:
                     if frame is None:
                         active.remove(v)
                         del its[v], state[v]
+                        crop_of.pop(v, None)
                         continue
                     t = len(self.partial[v])
                     if t >= len(boxes[v]):
@@ -170,11 +229,14 @@ class RwRRunner:
                     if not items:
                         continue
                     images, mats = crop_batch([it[2] for it in items], [it[3] for it in items], c.crop_size, c.crop_scale)
-                    (kp, z_star), budget = self._solve_group(images, [state[it[0]] for it in items], restart)
+                    prev = None if restart else np.stack([crop_of[it[0]] for it in items])
+                    (kp, z_star), budget = self._solve_group(images, [state[it[0]] for it in items], restart,
+                                                             prev, mats)
                     pts = uncrop_points(kp, mats, c.crop_size)
                     n_kp = pts.shape[1]
                     for j, it in enumerate(items):
                         state[it[0]] = z_star[j].detach()
+                        crop_of[it[0]] = mats[j]
                         results.append((it, pts[j], budget))
                 for it in skipped:
                     state[it[0]] = None  # no face: restart from zeros at the next face
@@ -218,14 +280,33 @@ class CellSolve:
         self.solver_from_zeros = solver_from_zeros or self.solver
         self.final_step = final_step
 
-    def __call__(self, images, z0, max_iter, gamma: float = 0.0, anchor=None):
+    def __call__(self, images, z0, max_iter, gamma=0.0, anchor=None, gamma_speed: Optional[float] = None):
+        """gamma: float, or a (B, K) / (B, 1) tensor (per sample / landmark; K = the decoded keypoints,
+        broadcast over the state's spatial dimensions; state channels beyond K get the mean over K).
+        gamma_speed (mode 'adaptive'): gamma_k <- gamma_k / (1 + (d_k / gamma_speed)^2) with d_k the
+        distance (crop units) between landmark k decoded from f(anchor) and from the anchor; the
+        first prox step reuses f(anchor) when z0 is the anchor."""
         x = self.inject(images)
         solver = self.solver_from_zeros if z0 is None else self.solver
         z0 = self.zeros(x) if z0 is None else z0
-        if gamma > 0:
+        first = None
+        if gamma_speed is not None:
+            if anchor is None:
+                raise ValueError("adaptive solve: gamma_speed needs anchor (z*_{t-1})")
+            if not gamma_speed > 0:
+                raise ValueError(f"gamma_speed: expected > 0, got {gamma_speed}")
+            q = self.cell(anchor, x)
+            d = (self.decode(q) - self.decode(anchor)).norm(dim=-1)  # (B, K)
+            gamma = _gamma_tensor(gamma, d.shape[0], d.shape[1], d) / (1.0 + (d / gamma_speed) ** 2)
+            if z0 is anchor:
+                first = q
+        if torch.is_tensor(gamma) or gamma > 0:
             if anchor is None:
                 raise ValueError("prox solve: gamma > 0 needs anchor (z*_{t-1})")
-            f = lambda z: (self.cell(z, x) + gamma * anchor) / (1.0 + gamma)  # noqa: E731
+            g = _gamma_map(gamma, anchor) if torch.is_tensor(gamma) else gamma
+            f = lambda z: (self.cell(z, x) + g * anchor) / (1.0 + g)  # noqa: E731
+            if first is not None and max_iter >= 1:  # T(anchor) from the f(anchor) already computed
+                z0, max_iter = (first + g * anchor) / (1.0 + g), max_iter - 1
         else:
             f = lambda z: self.cell(z, x)  # noqa: E731
         z_star = solver(f, z0, max_iter)
@@ -233,6 +314,38 @@ class CellSolve:
         # The state carried to the next frame is the one decoded for this frame (after the final
         # step): the anchor of prox is then exactly the equilibrium behind the reported landmarks.
         return self.decode(out), out
+
+
+def _gamma_tensor(gamma, B: int, K: int, like: torch.Tensor) -> torch.Tensor:
+    """gamma (float or (B, K) / (B, 1) tensor) -> a (B, K) tensor like ``like``."""
+    if not torch.is_tensor(gamma):
+        return torch.full((B, K), float(gamma), dtype=like.dtype, device=like.device)
+    if gamma.dim() != 2 or gamma.shape[0] != B or gamma.shape[1] not in (1, K):
+        raise ValueError(f"gamma: expected a float or a ({B}, {K}) / ({B}, 1) tensor, got shape {tuple(gamma.shape)}")
+    if bool((gamma < 0).any()):
+        raise ValueError("gamma: expected values >= 0")
+    return gamma.to(dtype=like.dtype, device=like.device).expand(B, K)
+
+
+def _gamma_map(gamma: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """(B, K) or (B, 1) weights -> a tensor broadcastable against the state ``anchor`` (B, C, ...):
+    a map state (B, C, H, W) gets gamma[:, k] on channel k < K and the mean over K on channels >= K
+    (extra latent channels); a flat state (B, D) takes (B, 1) or (B, D) weights only."""
+    B = anchor.shape[0]
+    if gamma.dim() != 2 or gamma.shape[0] != B:
+        raise ValueError(f"gamma: expected a (B, K) or (B, 1) tensor with B = {B}, got shape {tuple(gamma.shape)}")
+    if bool((gamma < 0).any()):
+        raise ValueError("gamma: expected values >= 0")
+    gamma = gamma.to(dtype=anchor.dtype, device=anchor.device)
+    C = anchor.shape[1] if anchor.dim() > 1 else 1
+    K = gamma.shape[1]
+    if K == 1 or anchor.dim() == 2 and K == C:
+        g = gamma
+    elif anchor.dim() > 2 and K <= C:
+        g = torch.cat([gamma, gamma.mean(1, keepdim=True).expand(B, C - K)], 1) if K < C else gamma
+    else:
+        raise ValueError(f"gamma: {K} weights do not match a state of shape {tuple(anchor.shape)}")
+    return g.view(B, g.shape[1], *([1] * (anchor.dim() - 2)))
 
 
 def fixed_budget_iteration(f, z0, max_iter):

@@ -11,11 +11,30 @@ model tends to flicker between plausible answers:
 Sensor noise is redrawn every frame (as in a real camera). Face boxes imitate a detector: the
 landmarks' extent scaled by ``box_scale`` around its centre, with per-frame jitter of
 ``box_jitter`` times the box size (detector boxes shake; that shake is part of what RwR smooths).
+
+Hard clips (``preset='hard'``, modelled on what the paper says of the WFLW-V hard split: fast head
+turns, occlusion, blur, lighting changes) add *motion events* on top of the smooth motion and one
+more ambiguous stretch:
+
+* ``head_turn``: yaw (and some pitch / roll) moves to a new value within 3, 6 or 12 frames;
+* ``sweep``: the face translates by 10-25 % of the frame within 4, 8 or 16 frames;
+* ``jump``: the face jumps by 6-15 % of the frame (and zooms by up to 10 %) between two frames;
+* ``expression``: the mouth opens / smiles / the brows rise within 2-6 frames, or the eyes blink;
+* ``light_switch`` (a stretch kind): the exposure and the light direction step to new values
+  and stay there (a light switched on or off), unlike ``flicker`` which changes every frame;
+* speed blur (``speed_blur=True``): every frame whose landmarks moved more than 3 px since the
+  previous frame gets a linear motion blur along the motion, of length proportional to the speed
+  (an exposure of about 2/3 of a frame).
+
+Event offsets persist (the face stays where a sweep or a jump took it, within a safe area of the
+frame); ground truth is exact on every frame. ``preset='easy'`` is the smooth motion alone,
+``preset='ambiguous'`` the smooth motion with the three ambiguous stretches (the clips of the
+demo and of the former 'hard' split).
 """
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -23,17 +42,29 @@ import numpy as np
 from ldeq.data.synthetic import random_face_params, render_face
 
 EVENTS = ("occluder", "motion_blur", "flicker")
+# Stretch kinds accepted by ``events`` (EVENTS is the demo's default set; 'light_switch' is extra).
+ALL_EVENTS = EVENTS + ("light_switch",)
+MOTION_EVENTS = ("head_turn", "sweep", "jump", "expression")
+# Named clip kinds (see module doc). The keys are make_synthetic_video arguments.
+PRESETS: Dict[str, Dict[str, object]] = {
+    "easy": {"events": (), "motion_events": (), "speed_blur": False},
+    "ambiguous": {"events": EVENTS, "motion_events": (), "speed_blur": False},
+    "hard": {"events": ALL_EVENTS, "motion_events": MOTION_EVENTS, "speed_blur": True,
+             "motion_event_every": 12},
+}
 
 
 @dataclass
 class SyntheticVideo:
     """frames (T, H, W, 3) uint8 RGB; landmarks (T, 98, 2) frame pixels; boxes (T, 4) x1 y1 x2 y2;
-    events: (kind, first_frame, last_frame_exclusive) of each ambiguous stretch."""
+    events: (kind, first_frame, last_frame_exclusive) of each ambiguous stretch; motion_events: the
+    same for each motion event (a jump at frame t is ``(kind, t, t + 1)``)."""
     frames: np.ndarray
     landmarks: np.ndarray
     boxes: np.ndarray
     events: List[Tuple[str, int, int]] = field(default_factory=list)
     fps: float = 30.0
+    motion_events: List[Tuple[str, int, int]] = field(default_factory=list)
 
     def __len__(self):
         return len(self.frames)
@@ -61,21 +92,103 @@ def _motion_blur(img: np.ndarray, length: int, angle: float) -> np.ndarray:
     return cv2.filter2D(img, -1, k / k.sum())
 
 
+def _smoothstep(u: np.ndarray) -> np.ndarray:
+    u = np.clip(u, 0.0, 1.0)
+    return u * u * (3 - 2 * u)
+
+
+def _motion_event_offsets(rng: np.random.Generator, n_frames: int, kinds: Tuple[str, ...], every: float,
+                          base) -> Tuple[Dict[str, np.ndarray], List[Tuple[str, int, int]]]:
+    """Per-frame offsets {field: (T,)} of the motion events and their spans (see module doc).
+
+    Events start at random gaps of about ``every`` frames (uniform in [every/2, 3 every/2]); each
+    moves its fields from the current offset to a new target along a smoothstep of its duration
+    (one frame for a jump) and the offset stays there. Targets keep the face inside a safe area.
+    """
+    fields = ("yaw", "pitch", "roll", "cx", "cy", "size", "mouth_open", "smile", "brow_raise", "eye_open")
+    off = {k: np.zeros(n_frames) for k in fields}
+    cur = {k: 0.0 for k in fields}
+    spans: List[Tuple[str, int, int]] = []
+    t = int(rng.integers(3, max(4, int(every) + 1)))
+    while kinds and t < n_frames - 1:
+        kind = str(rng.choice(list(kinds)))
+        target: Dict[str, float] = {}
+        back = None  # (after frames, duration): expression events return to neutral
+        if kind == "head_turn":
+            dur = int(rng.choice([3, 6, 12]))
+            yaw = cur["yaw"] + base.yaw
+            new = float(rng.uniform(0.45, 0.9)) * (-1.0 if yaw > 0 else 1.0) * float(rng.uniform(0.6, 1.0))
+            target = {"yaw": new - base.yaw, "pitch": float(rng.uniform(-0.15, 0.15)),
+                      "roll": float(rng.uniform(-0.2, 0.2))}
+        elif kind == "sweep":
+            dur = int(rng.choice([4, 8, 16]))
+            d = float(rng.uniform(0.10, 0.25))
+            target = {"cx": float(np.clip(cur["cx"] + d * (-1.0 if cur["cx"] > 0 else 1.0), -0.16, 0.16)),
+                      "cy": float(np.clip(cur["cy"] + rng.uniform(-0.08, 0.08), -0.06, 0.06))}
+        elif kind == "jump":
+            dur = 1
+            d = float(rng.uniform(0.06, 0.15))
+            target = {"cx": float(np.clip(cur["cx"] + d * (-1.0 if cur["cx"] > 0 else 1.0), -0.16, 0.16)),
+                      "cy": float(np.clip(cur["cy"] + rng.uniform(-0.05, 0.05), -0.06, 0.06)),
+                      "size": float(np.clip(cur["size"] + rng.uniform(-0.1, 0.1) * base.size,
+                                            -0.1 * base.size, 0.1 * base.size))}
+        else:  # expression
+            dur = int(rng.integers(2, 7))
+            if rng.random() < 0.3:  # blink
+                target, back = {"eye_open": 0.15 - base.eye_open}, (2, 2)
+            else:
+                target = {"mouth_open": float(rng.uniform(0.15, 0.45)), "smile": float(rng.uniform(-0.05, 0.2)),
+                          "brow_raise": float(rng.uniform(0.0, 0.15))}
+                back = (int(rng.integers(6, 20)), int(rng.integers(3, 8)))
+        end = min(n_frames, t + dur)
+        for k, v in target.items():
+            ramp = _smoothstep((np.arange(n_frames) - t + 1) / dur)
+            off[k] += (v - cur[k]) * ramp
+            cur[k] = v
+        if back is not None:
+            t_back = end + back[0]
+            for k in target:
+                ramp = _smoothstep((np.arange(n_frames) - t_back + 1) / back[1])
+                off[k] -= cur[k] * ramp
+                cur[k] = 0.0
+            end = min(n_frames, t_back + back[1])
+        spans.append((kind, t, end))
+        t = end + int(rng.uniform(every / 2, 3 * every / 2))
+    return off, spans
+
+
 def make_synthetic_video(seed: int = 0, n_frames: int = 90, size: Tuple[int, int] = (256, 320),
                          events: Tuple[str, ...] = EVENTS, event_len: int = 20, motion: float = 1.0,
                          blur_len: int = 11, box_scale: float = 1.2, box_jitter: float = 0.01,
-                         fps: float = 30.0) -> SyntheticVideo:
+                         fps: float = 30.0, motion_events: Tuple[str, ...] = (), motion_event_every: float = 12,
+                         speed_blur: bool = False, preset: Optional[str] = None) -> SyntheticVideo:
     """One synthetic clip (see module doc).
 
     seed: identity and motion; n_frames: T; size: (H, W) of the frames; events: which ambiguous
     stretches to insert (each once, ``event_len`` frames, at random non-overlapping places when T
-    allows); motion: amplitude multiplier of the head motion (0 = still head).
+    allows; kinds from ALL_EVENTS); motion: amplitude multiplier of the smooth head motion (0 = still
+    head); motion_events: kinds from MOTION_EVENTS drawn about every ``motion_event_every`` frames;
+    speed_blur: motion blur proportional to the landmarks' speed. ``preset`` ('easy', 'ambiguous',
+    'hard') sets events, motion_events, speed_blur and motion_event_every from PRESETS (then those
+    arguments are ignored). With the defaults the clip is the same as before motion events existed.
     """
-    unknown = set(events) - set(EVENTS)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+        pr = PRESETS[preset]
+        events, motion_events = tuple(pr["events"]), tuple(pr["motion_events"])
+        speed_blur = bool(pr["speed_blur"])
+        motion_event_every = float(pr.get("motion_event_every", motion_event_every))
+    unknown = set(events) - set(ALL_EVENTS)
     if unknown:
-        raise ValueError(f"events: unknown {sorted(unknown)}; expected a subset of {EVENTS}")
+        raise ValueError(f"events: unknown {sorted(unknown)}; expected a subset of {ALL_EVENTS}")
+    unknown = set(motion_events) - set(MOTION_EVENTS)
+    if unknown:
+        raise ValueError(f"motion_events: unknown {sorted(unknown)}; expected a subset of {MOTION_EVENTS}")
     if n_frames < 2:
         raise ValueError(f"n_frames: expected >= 2, got {n_frames}")
+    if not motion_event_every >= 2:
+        raise ValueError(f"motion_event_every: expected >= 2 frames, got {motion_event_every}")
     rng = np.random.default_rng([seed, 7])
     base = random_face_params(rng)
     H, W = size
@@ -97,7 +210,13 @@ def make_synthetic_video(seed: int = 0, n_frames: int = 90, size: Tuple[int, int
             ev.append((kind, start, start + event_len))
     blur_angle = rng.uniform(0, math.pi)
     occ_kind = int(rng.choice([1, 2]))
-    frames, lms = [], []
+    # Motion events draw from their own generator so that the clips without them stay as before.
+    m_off, m_spans = _motion_event_offsets(np.random.default_rng([seed, 17]), n_frames, tuple(motion_events),
+                                           motion_event_every, base)
+    light_rng = np.random.default_rng([seed, 19])
+    switch = {"ambient": float(light_rng.uniform(0.45, 1.25)), "light": float(light_rng.uniform(0.3, 0.9)),
+              "light_angle": float(light_rng.uniform(0, 2 * math.pi))}
+    frames, lms, blurs = [], [], []
     for t in range(n_frames):
         upd = {}
         for k, amp in drive.items():
@@ -105,8 +224,11 @@ def make_synthetic_video(seed: int = 0, n_frames: int = 90, size: Tuple[int, int
             v = getattr(base, k) + motion * amp * 0.5 * sum(math.sin(2 * math.pi * t / p + ph)
                                                            for p, ph in zip(periods, phases))
             upd[k] = v
+        for k, o in m_off.items():
+            if o[t] != 0.0:
+                upd[k] = upd.get(k, getattr(base, k)) + float(o[t])
         upd["mouth_open"] = max(0.0, upd["mouth_open"])
-        upd["eye_open"] = float(np.clip(upd["eye_open"], 0.2, 1.3))
+        upd["eye_open"] = float(np.clip(upd["eye_open"], 0.1 if motion_events else 0.2, 1.3))
         blur_now = 0
         for kind, a, b in ev:
             if not a <= t < b:
@@ -120,15 +242,25 @@ def make_synthetic_video(seed: int = 0, n_frames: int = 90, size: Tuple[int, int
                            light_angle=float(rng.uniform(0, 2 * math.pi)))
             elif kind == "motion_blur":
                 blur_now = blur_len
+            elif kind == "light_switch":
+                upd.update(switch)
         p = dataclasses.replace(base, **upd)
         img, lm = render_face(p, (H, W), np.random.default_rng([seed, 11, t]))
         if blur_now:
             img = _motion_blur(img, blur_now, blur_angle)
         frames.append(img)
         lms.append(lm)
+        blurs.append(blur_now)
     lm = np.stack(lms)
+    if speed_blur:  # exposure blur along the motion of the landmarks' centroid since the last frame
+        d = np.diff(lm.mean(axis=1), axis=0)
+        for t in range(1, n_frames):
+            speed = float(np.hypot(*d[t - 1]))
+            if speed > 3.0 and not blurs[t]:
+                n = int(min(25, round(speed * 2 / 3))) | 1
+                frames[t] = _motion_blur(frames[t], n, math.atan2(d[t - 1][1], d[t - 1][0]))
     boxes = boxes_from_landmarks(lm, box_scale, box_jitter, np.random.default_rng([seed, 13]))
-    return SyntheticVideo(np.stack(frames), lm, boxes, ev, fps)
+    return SyntheticVideo(np.stack(frames), lm, boxes, ev, fps, m_spans)
 
 
 def make_synthetic_videos(n_videos: int = 4, seed: int = 0, lengths: Optional[List[int]] = None,
