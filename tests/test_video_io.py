@@ -44,7 +44,19 @@ def test_atomic_writer_flushes_on_error(tmp_path):
                 w.write(f)
                 assert not path.exists()  # nothing under the final name while writing
     assert len(list(VideoReader(str(path)))) == 3
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp_")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no temporary file left
+
+
+def test_atomic_writer_replaces_the_partial_file_of_a_killed_run(tmp_path):
+    from ldeq.video.io import partial_video_path
+    path = tmp_path / "out.mp4"
+    stale = partial_video_path(str(path))
+    assert stale == str(tmp_path / ".out.mp4.partial.mp4")
+    open(stale, "wb").write(b"half a video from a SIGKILLed run")
+    with AtomicVideoWriter(str(path), 30, (64, 48)) as w:
+        w.write(_frames()[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+    assert len(list(VideoReader(str(path)))) == 1
 
 
 def test_load_bboxes_formats_and_errors(tmp_path):

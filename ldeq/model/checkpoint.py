@@ -10,7 +10,6 @@ are missing the widths are inferred from tensor shapes. Saving is atomic (temp f
 """
 import argparse
 import os
-import pickle
 from typing import Any, Dict, Optional
 
 import torch
@@ -36,9 +35,11 @@ def read_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path!r}: cannot be loaded safely (weights_only=True, only "
-                              f"argparse.Namespace allowed): {type(e).__name__}: {str(e)[:500]}") from e
+    except Exception as e:  # noqa: BLE001 -- a file that is not a torch checkpoint raises anything
+        # (KeyError / IndexError for a text file, UnpicklingError, RuntimeError for a bad zip ...)
+        raise CheckpointError(f"checkpoint {path!r}: cannot be loaded safely: not a PyTorch checkpoint, or "
+                              f"one holding code (torch.load weights_only=True, only argparse.Namespace allowed): "
+                              f"{type(e).__name__}: {str(e)[:500]}") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path!r}: expected a dict with a 'state_dict', got {type(obj).__name__}")
     if "state_dict" in obj:

@@ -43,8 +43,35 @@ def _saved_config_overrides(args) -> List[str]:
     return []
 
 
+def check_resume(resume: Optional[str], out: str) -> None:
+    """--resume must name something to resume, else ValueError saying where it looked.
+
+    'auto' (``--resume`` without a value) looks for ``<out>/checkpoints/last.pt``; a folder for
+    ``FOLDER/last.pt`` then ``FOLDER/checkpoints/last.pt``; a file must exist. (Without this
+    check a mistyped --out would silently start a fresh full-size run.)
+    """
+    if resume is None:
+        return
+    from .checkpoint import LAST
+    if resume == "auto":
+        looked = [os.path.join(out, "checkpoints", LAST)]
+    elif os.path.isdir(resume):
+        looked = [os.path.join(resume, LAST), os.path.join(resume, "checkpoints", LAST)]
+    else:
+        looked = [resume]
+    if not any(os.path.isfile(p) for p in looked):
+        raise ValueError(f"--resume: nothing to resume: no checkpoint at {' or '.join(map(repr, looked))}"
+                         f"{' (the --out folder ' + repr(out) + ')' if resume == 'auto' else ''}; "
+                         "drop --resume to start a fresh run")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        check_resume(args.resume, args.out)
+    except ValueError as e:
+        print(f"ldeq train: error: {e}", file=sys.stderr)
+        return 2
     try:
         cfg = build_config(args.preset, list(args.config) + _saved_config_overrides(args), args.overrides)
     except ConfigError as e:

@@ -12,17 +12,22 @@ STEM_landmarks.npy / .csv (frame pixels, NaN rows for frames without face), STEM
 STEM_annotated.mp4 and, with --gt, STEM_metrics.json. Everything is written atomically; on an
 error or Ctrl-C in the middle of the video, the frames processed so far are still written
 (landmarks of the missing frames are absent) and the exit code is non-zero.
-Exit codes: 0 ok, 1 interrupted/failed mid-run (partial outputs written), 2 bad input.
+Exit codes: 0 ok, 1 interrupted/failed mid-run (partial outputs written), 2 bad input (every
+option, the checkpoint, the boxes and the ground truth are checked before anything is written).
+SIGTERM is handled as Ctrl-C. Only a SIGKILL can leave ``DIR/.STEM_annotated.mp4.partial.mp4``
+behind (the annotated video being written); the next run into DIR replaces it.
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
-from .._io import atomic_write_text
+from .._io import atomic_save, atomic_write_text
+from ..cli import finite_float, positive_int, sigterm_as_interrupt
 from .evaluate import DEFAULT_FILTERS, compare, format_table, write_json
 from .filters import filter_with_gaps, make_filter
 from .io import (AtomicVideoWriter, HaarFaceDetector, NoFaceError, VideoError, VideoReader, draw_landmarks,
@@ -30,29 +35,138 @@ from .io import (AtomicVideoWriter, HaarFaceDetector, NoFaceError, VideoError, V
 from .rwr import MODES, RwRConfig, RwRRunner
 
 
+# RwRConfig fields that are not options (the mode has its own flag, the crop follows the model)
+_RWR_NOT_FLAGS = ("mode", "batch_size", "crop_size", "crop_scale")
+_RWR_HELP = {
+    "max_iter_full": "iterations of a solve from zeros (default: the checkpoint's max_iter)",
+    "max_iter_warm": "iterations per frame in mode warm",
+    "max_iter_prox": "iterations per frame in mode prox",
+    "gamma": "prox weight on ||z - z*_{t-1}||^2 (finite, >= 0)",
+}
+
+
+def rwr_fields() -> List[dataclasses.Field]:
+    """The :class:`RwRConfig` fields that are command-line options (every mode's parameters, so a
+    new mode added to ``rwr.MODES`` / ``RwRConfig`` gets its flags without a change here)."""
+    return [f for f in dataclasses.fields(RwRConfig) if f.name not in _RWR_NOT_FLAGS]
+
+
+def add_rwr_args(p: argparse.ArgumentParser) -> None:
+    """One ``--kebab-case`` option per RwR parameter (:func:`rwr_fields`): ints must be >= 1,
+    floats finite; ranges are then checked by RwRConfig (see :func:`rwr_config`)."""
+    for f in rwr_fields():
+        flag = "--" + f.name.replace("_", "-")
+        default = "" if f.name == "max_iter_full" else f" (default {f.default})"
+        help_ = _RWR_HELP.get(f.name, f"RwR parameter {f.name}") + default
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif f.type in (int, "int"):
+            p.add_argument(flag, type=positive_int, default=None, metavar="N", help=help_)
+        elif f.type in (float, "float"):
+            p.add_argument(flag, type=finite_float, default=None, metavar="X", help=help_)
+        else:
+            p.add_argument(flag, default=None, help=help_)
+
+
+def rwr_config(args, mode: str, max_iter_full: int, crop_size: int, batch_size: int = 16) -> RwRConfig:
+    """RwRConfig from parsed :func:`add_rwr_args` options; a value RwRConfig refuses raises
+    ValueError naming the flag (``--gamma: expected >= 0, got -1.0``)."""
+    kw = {f.name: getattr(args, f.name) for f in rwr_fields() if getattr(args, f.name, None) is not None}
+    kw.setdefault("max_iter_full", max_iter_full)
+    try:
+        return RwRConfig(mode=mode, batch_size=batch_size, crop_size=crop_size, **kw)
+    except ValueError as e:
+        msg = str(e)
+        name = msg.split(":", 1)[0]
+        if name in {f.name for f in rwr_fields()}:
+            msg = "--" + name.replace("_", "-") + msg[len(name):]
+        raise ValueError(msg) from e
+
+
+def check_device(name: str) -> str:
+    """The --device value, or ValueError when it names no usable device."""
+    import torch
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device: {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {name!r} requested but CUDA is not available")
+    return name
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="LDEQ checkpoint (ours or the official format)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--max-iter-full", type=int, default=None,
-                   help="iterations of a solve from zeros (default: the checkpoint's max_iter)")
-    p.add_argument("--max-iter-warm", type=int, default=1, help="iterations per frame in mode warm (default 1)")
-    p.add_argument("--max-iter-prox", type=int, default=1, help="iterations per frame in mode prox (default 1)")
-    p.add_argument("--gamma", type=float, default=1.0, help="prox weight on ||z - z*_{t-1}||^2 (default 1.0)")
-    p.add_argument("--batch-size", type=int, default=16, help="videos solved together (eval)")
+    add_rwr_args(p)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="videos solved together (eval)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def _load_model(args):
     """(model, solve) or raises a clear ValueError / FileNotFoundError."""
     from .model_solve import LDEQSolve, load_ldeq_for_video
+    check_device(args.device)
     model = load_ldeq_for_video(args.checkpoint, args.device)
     return model, LDEQSolve(model)
 
 
 def _config(args, model, mode: str) -> RwRConfig:
-    return RwRConfig(mode=mode, max_iter_full=args.max_iter_full or model.cfg.max_iter,
-                     max_iter_warm=args.max_iter_warm, max_iter_prox=args.max_iter_prox, gamma=args.gamma,
-                     batch_size=args.batch_size, crop_size=model.cfg.image_size)
+    return rwr_config(args, mode, model.cfg.max_iter, model.cfg.image_size, args.batch_size)
+
+
+def parse_filter_params(name: Optional[str], text: Optional[str]) -> Optional[Dict]:
+    """--filter-params JSON -> dict, checked by building the filter; ValueError naming the flag."""
+    if text is None:
+        return None if name is None else DEFAULT_FILTERS[name]
+    if name is None:
+        raise ValueError("--filter-params: given without --filter NAME")
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--filter-params: not valid JSON ({e}): {text!r}") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"--filter-params: expected a JSON object like {json.dumps(DEFAULT_FILTERS[name])}, "
+                         f"got {text!r}")
+    try:
+        make_filter(name, **params)
+    except TypeError as e:
+        raise ValueError(f"--filter-params: {e}; the parameters of {name!r} are "
+                         f"{sorted(DEFAULT_FILTERS[name])} (e.g. {json.dumps(DEFAULT_FILTERS[name])})") from None
+    except ValueError as e:
+        raise ValueError(f"--filter-params: {e}") from None
+    return params
+
+
+def load_gt(path: str, n_keypoints: int, n_frames: int) -> np.ndarray:
+    """Ground-truth landmarks for --gt: a .npy (n_frames, K, 2) in frame pixels.
+
+    Checked before any work: readable without pickle, shape (T, K, 2) with K the model's landmark
+    count, T equal to the video's frame count (OpenCV's count; checked again after the run), and
+    finite everywhere (NaN policy: a NaN or Inf anywhere is refused, naming the first frame; give
+    frames without ground truth by cutting the clip instead). Raises ValueError / FileNotFoundError
+    naming --gt.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--gt {path!r}: not found")
+    try:
+        gt = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"--gt {path!r}: not a readable .npy array ({e})") from None
+    if not np.issubdtype(gt.dtype, np.number) or gt.ndim != 3 or gt.shape[2] != 2:
+        raise ValueError(f"--gt {path!r}: expected a numeric array (n_frames, {n_keypoints}, 2), "
+                         f"got {gt.dtype} {gt.shape}")
+    if gt.shape[1] != n_keypoints:
+        raise ValueError(f"--gt {path!r}: {gt.shape[1]} landmarks per frame but the model predicts "
+                         f"{n_keypoints}")
+    gt = gt.astype(np.float64)
+    bad = ~np.isfinite(gt).all(axis=(1, 2))
+    if bad.any():
+        raise ValueError(f"--gt {path!r}: NaN or Inf in frame {int(np.argmax(bad))} ({int(bad.sum())} frame(s)); "
+                         "ground truth must be finite in every frame")
+    if n_frames > 0 and len(gt) != n_frames:
+        raise ValueError(f"--gt {path!r}: {len(gt)} frames of landmarks for a video of {n_frames} frames")
+    return gt
 
 
 def _err(msg: str) -> int:
@@ -72,7 +186,8 @@ def _video_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="warm", help="RwR mode (default warm)")
     p.add_argument("--gt", help="ground-truth landmarks .npy (n_frames, 98, 2) frame pixels: report NME and NMF")
     p.add_argument("--filter", choices=sorted(DEFAULT_FILTERS), help="also write landmarks filtered by this filter")
-    p.add_argument("--filter-params", default=None, help="JSON dict of the filter's parameters")
+    p.add_argument("--filter-params", default=None, help="JSON object of the filter's parameters "
+                   "(needs --filter; default: the ones 'ldeq video eval' uses)")
     p.add_argument("--no-video", action="store_true", help="skip the annotated .mp4")
     _add_model_args(p)
     return p
@@ -80,41 +195,38 @@ def _video_parser() -> argparse.ArgumentParser:
 
 def run_single(argv: List[str]) -> int:
     args = _video_parser().parse_args(argv)
-    try:
-        reader = VideoReader(args.input)
-    except VideoError as e:
-        return _err(str(e))
-    stem = os.path.join(args.out, os.path.splitext(os.path.basename(args.input))[0])
     gt = None
-    try:
+    try:  # every check before anything is written
+        params = parse_filter_params(args.filter, args.filter_params)
+        reader = VideoReader(args.input)
+        stem = os.path.join(args.out, os.path.splitext(os.path.basename(args.input))[0])
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise ValueError(f"--out {args.out!r}: exists and is not a folder")
         if args.bboxes:
             boxes = load_bboxes(args.bboxes)
             if reader.frame_count > 0 and len(boxes) < reader.frame_count:
                 raise ValueError(f"bbox file {args.bboxes!r}: {len(boxes)} boxes for a video of "
                                  f"{reader.frame_count} frames")
-        if args.gt:
-            if not os.path.isfile(args.gt):
-                raise FileNotFoundError(f"ground truth {args.gt!r}: not found")
-            gt = np.load(args.gt, allow_pickle=False).astype(np.float64)
-            if gt.ndim != 3 or gt.shape[2] != 2:
-                raise ValueError(f"ground truth {args.gt!r}: expected (n_frames, K, 2), got {gt.shape}")
         model, solve = _load_model(args)
+        cfg = _config(args, model, args.mode)
+        if args.gt:
+            gt = load_gt(args.gt, model.cfg.n_keypoints, reader.frame_count)
         if args.detector:
             print(f"detecting faces in {args.input} (Haar cascade) ...")
             boxes = HaarFaceDetector().boxes(reader, name=args.input)
             n_missing = int((~np.isfinite(boxes).all(axis=1)).sum())
             if n_missing:
                 print(f"warning: no face in {n_missing} frame(s): they are skipped (NaN landmarks)")
-        filt = None
-        if args.filter:
-            params = json.loads(args.filter_params) if args.filter_params else DEFAULT_FILTERS[args.filter]
-            filt = make_filter(args.filter, **params)
-    except (ValueError, FileNotFoundError, NoFaceError) as e:
+        filt = make_filter(args.filter, **params) if args.filter else None
+    except (ValueError, FileNotFoundError, NoFaceError, VideoError) as e:
         return _err(str(e))
+    with sigterm_as_interrupt():
+        return _run_single(args, reader, stem, boxes, model, solve, cfg, gt, filt)
 
+
+def _run_single(args, reader, stem, boxes, model, solve, cfg, gt, filt) -> int:
     os.makedirs(args.out, exist_ok=True)
-    np.save(stem + "_boxes.npy", boxes)
-    cfg = _config(args, model, args.mode)
+    atomic_save(stem + "_boxes.npy", lambda tmp: np.save(tmp, boxes), ".npy")
     runner = RwRRunner(solve, cfg, args.device)
     writer = None if args.no_video else AtomicVideoWriter(stem + "_annotated.mp4", reader.fps, reader.size)
 
@@ -146,9 +258,13 @@ def run_single(argv: List[str]) -> int:
         save_landmarks(stem + f"_landmarks_{args.filter}", filter_with_gaps(filt, lm))
         written.append(stem + f"_landmarks_{args.filter}.npy")
     print(f"{len(lm)} frames{'' if done else ' (partial)'}; wrote " + ", ".join(written))
-    if gt is not None and len(lm) >= 2:
+    if gt is not None and done and len(lm) != len(gt):
+        print(f"ldeq video: error: --gt {args.gt!r}: {len(gt)} frames of landmarks but the video decoded to "
+              f"{len(lm)} frames: no metrics written", file=sys.stderr)
+        return 1
+    if gt is not None and done and len(lm) >= 2:
         from .metrics import video_nme, video_nmf
-        n = min(len(lm), len(gt))
+        n = len(lm)
         res = {"mode": args.mode, "frames": n, "nme": video_nme(lm[:n], gt[:n], ignore_nan=True),
                "nmf": video_nmf(lm[:n], gt[:n], ignore_nan=True)}
         if filt is not None:
@@ -170,7 +286,7 @@ def run_eval(argv: List[str]) -> int:
     p.add_argument("--modes", default="off,warm,prox", help="comma-separated RwR modes")
     p.add_argument("--filters", default=",".join(DEFAULT_FILTERS),
                    help="comma-separated filters applied to the 'off' predictions ('' for none)")
-    p.add_argument("--max-videos", type=int, default=None, help="first N videos of each split (quick runs)")
+    p.add_argument("--max-videos", type=positive_int, default=None, help="first N videos of each split (quick runs)")
     p.add_argument("--out", default=None, help="write results.json and table.md here")
     _add_model_args(p)
     args = p.parse_args(argv)
@@ -179,9 +295,13 @@ def run_eval(argv: List[str]) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         return _err(f"--modes: unknown {bad}; expected a subset of {MODES}")
+    unknown = [f for f in args.filters.split(",") if f and f not in DEFAULT_FILTERS]
+    if unknown:
+        return _err(f"--filters: unknown {unknown}; expected a subset of {sorted(DEFAULT_FILTERS)}")
     filters = {f: DEFAULT_FILTERS[f] for f in args.filters.split(",") if f}
     try:
         model, solve = _load_model(args)
+        cfg = _config(args, model, "warm")
         splits = ["easy", "hard"] if args.split == "all" else [args.split]
         data = {s: WFLWV(args.root, s, split_dir=args.split_dir) for s in splits}
     except (ValueError, FileNotFoundError) as e:
@@ -200,7 +320,7 @@ def run_eval(argv: List[str]) -> int:
             videos = [it.reader() for it in items]
         except (ValueError, FileNotFoundError) as e:
             return _err(str(e))
-        rows = compare(solve, videos, boxes, gts, modes, filters, _config(args, model, "warm"),
+        rows = compare(solve, videos, boxes, gts, modes, filters, cfg,
                        progress=not args.no_progress, device=args.device)
         results[s] = rows
         tables.append(f"### {s} ({len(items)} videos)\n\n{format_table(rows)}")

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .._io import atomic_save, publish, temp_path_beside
+from .._io import atomic_save, publish
 
 
 def _cv2():
@@ -71,19 +71,32 @@ def read_video(path: str) -> (np.ndarray, float):
     return np.stack(list(r)), r.fps
 
 
+def partial_video_path(path: str) -> str:
+    """The temporary name :class:`AtomicVideoWriter` writes ``path`` under: ``DIR/.NAME.partial.mp4``
+    (fixed, so a file left by a killed process is known, documented and replaced by the next run)."""
+    folder, name = os.path.split(os.path.abspath(str(path)))
+    return os.path.join(folder, f".{name}.partial.mp4")  # .mp4: OpenCV picks the container by suffix
+
+
 class AtomicVideoWriter:
-    """Writes RGB frames to an .mp4 (fourcc mp4v) under a temporary name and moves it to ``path`` on
-    ``close()``: frames written before an interruption are still flushed to ``path`` when the
-    writer is closed in a ``finally`` / ``with`` block."""
+    """Writes RGB frames to an .mp4 (fourcc mp4v) under the temporary name
+    :func:`partial_video_path` and moves it to ``path`` on ``close()``: frames written before an
+    interruption are still flushed to ``path`` when the writer is closed in a ``finally`` / ``with``
+    block. Only a process killed outright (SIGKILL) leaves the temporary file; the next writer of
+    the same ``path`` overwrites it."""
 
     def __init__(self, path: str, fps: float, size):
         cv2 = _cv2()
         self.path = str(path)
-        self._tmp = temp_path_beside(self.path, ".mp4")  # .mp4: OpenCV picks the container by suffix
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._tmp = partial_video_path(self.path)
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)  # left by a killed run
         self.size = (int(size[0]), int(size[1]))
         self._w = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), self.size)
         if not self._w.isOpened():
-            os.unlink(self._tmp)
+            if os.path.exists(self._tmp):
+                os.unlink(self._tmp)
             raise VideoError(f"cannot open a video writer for {self.path!r} (mp4v, {self.size})")
         self.n_frames = 0
 
@@ -101,7 +114,7 @@ class AtomicVideoWriter:
         self._w = None
         if self.n_frames:
             publish(self._tmp, self.path)
-        else:
+        elif os.path.exists(self._tmp):
             os.unlink(self._tmp)
 
     def __enter__(self):
