@@ -53,3 +53,54 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="n_frames"):
         make_synthetic_video(0, n_frames=1)
     assert [len(v) for v in make_synthetic_videos(2, lengths=[3, 4], size=(64, 64))] == [3, 4]
+
+
+# ----------------------------------------------------------------------------- presets (issue 15)
+def test_presets_keep_the_old_clips():
+    from ldeq.video.synthetic import PRESETS
+    assert set(PRESETS) == {"easy", "ambiguous", "hard"}
+    for preset, kw in (("easy", {"events": ()}), ("ambiguous", {})):
+        a = make_synthetic_video(6, n_frames=12, size=(64, 80), event_len=3, preset=preset)
+        b = make_synthetic_video(6, n_frames=12, size=(64, 80), event_len=3, **kw)
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_array_equal(a.landmarks, b.landmarks)
+        assert a.motion_events == []
+
+
+def test_hard_clips_have_fast_motion_and_every_event():
+    from ldeq.video.synthetic import ALL_EVENTS, MOTION_EVENTS
+    clips = [make_synthetic_video(s, n_frames=90, size=(128, 160), preset="hard") for s in range(6)]
+    easy = [make_synthetic_video(s, n_frames=90, size=(128, 160), preset="easy") for s in range(6)]
+    a = make_synthetic_video(0, n_frames=90, size=(128, 160), preset="hard")
+    np.testing.assert_array_equal(a.frames, clips[0].frames)  # deterministic
+    kinds = {k for c in clips for k, _, _ in c.motion_events}
+    assert kinds == set(MOTION_EVENTS)
+    assert all(sorted(k for k, _, _ in c.events) == sorted(ALL_EVENTS) for c in clips)
+
+    def speed(c):  # px per frame of the landmarks' centroid
+        return np.linalg.norm(np.diff(c.landmarks.mean(1), axis=0), axis=1)
+    assert max(speed(c).max() for c in clips) > 4 * max(speed(c).max() for c in easy)
+    for c in clips:  # a jump moves the face by >= 6 % of the frame width minus the smooth drift, in one frame
+        for k, s, e in c.motion_events:
+            if k == "jump" and s >= 1:
+                assert speed(c)[s - 1] > 0.04 * 160
+        # the face stays inside the frame
+        assert (c.landmarks >= -2).all() and (c.landmarks[..., 0] <= 161).all() and (c.landmarks[..., 1] <= 129).all()
+
+
+def test_speed_blur_only_where_the_face_moves_fast():
+    a = make_synthetic_video(2, n_frames=60, size=(96, 128), events=(), motion_events=("sweep", "jump"))
+    b = make_synthetic_video(2, n_frames=60, size=(96, 128), events=(), motion_events=("sweep", "jump"), speed_blur=True)
+    np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    fast = np.r_[False, np.linalg.norm(np.diff(a.landmarks.mean(1), axis=0), axis=1) > 3.0]
+    diff = np.abs(a.frames.astype(int) - b.frames).reshape(60, -1).mean(1)
+    assert fast.any() and (diff[fast] > 0).all() and (diff[~fast] == 0).all()
+
+
+def test_preset_and_motion_event_errors():
+    with pytest.raises(ValueError, match="preset"):
+        make_synthetic_video(0, preset="medium")
+    with pytest.raises(ValueError, match="motion_events"):
+        make_synthetic_video(0, motion_events=("somersault",))
+    with pytest.raises(ValueError, match="motion_event_every"):
+        make_synthetic_video(0, motion_events=("jump",), motion_event_every=1)
