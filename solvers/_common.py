@@ -5,10 +5,20 @@ and reports through :class:`_Tracker`, which owns the per-sample bookkeeping: re
 the lowest residual and *where* the lowest-residual iterate lives (a solver buffer slot, copied
 out lazily only when that slot is about to be overwritten), the active mask and the safeguard
 flags.
+
+Host synchronisation: with ``tol > 0`` the tracker reads back one small tensor per iteration
+(the active mask and which buffers hold a lowest-residual iterate); with ``tol == 0`` (a fixed
+budget) it reads nothing back, so the loop can be compiled with ``torch.compile(fullgraph=True)``
+or captured in a CUDA graph.
+
+Multi-tensor states (:class:`StatePack`, :func:`accepts_state_lists`): a list or tuple of
+batch-first tensors of different shapes is packed once into one (B, d) buffer; f sees views of
+the solver's own buffers (no copy in), and only f's output is written into one (B, d) tensor.
 """
+import functools
 import inspect
 import math
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -35,16 +45,22 @@ def reject_unknown(fn: Callable, unknown: dict) -> None:
 
 
 def check_common(z0, max_iter, tol, stop_mode, eps) -> None:
-    """Validate the options every solver shares; messages name the argument and what is expected."""
+    """Validate the options every solver shares; messages name the argument and what is expected.
+
+    The finiteness check of z0 reads a value back to the host, so it runs only with ``tol > 0``;
+    a fixed-budget solve (tol = 0) stays sync-free and reports a non-finite z0 through its
+    residuals (``stats.safeguard``) instead.
+    """
     if not torch.is_tensor(z0):
-        raise TypeError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
+        raise TypeError(f"z0 must be a torch.Tensor or a list/tuple of them, got {type(z0).__name__}")
     if z0.dtype not in FLOAT_DTYPES:
         raise TypeError(f"z0 must have a floating dtype (float16/bfloat16/float32/float64), got {z0.dtype}")
     if z0.dim() < 1 or z0.shape[0] == 0 or z0.numel() == 0:
         raise ValueError(f"z0 must be batch-first with at least one sample and one element, got shape "
                          f"{tuple(z0.shape)}")
+    tol_ok = not isinstance(tol, bool) and isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0
     # One cheap reduction first: NaN/Inf always reach the sum (an overflow only costs the exact check).
-    if not bool(torch.isfinite(z0.sum())) and not bool(torch.isfinite(z0).all()):
+    if (not tol_ok or tol > 0) and not bool(torch.isfinite(z0.sum())) and not bool(torch.isfinite(z0).all()):
         bad = (~torch.isfinite(z0.reshape(z0.shape[0], -1))).any(1).nonzero().flatten().tolist()
         raise ValueError(f"z0 contains NaN or Inf (samples {bad[:10]}); the initial state must be finite")
     check_int("max_iter", max_iter, 1)
@@ -91,6 +107,102 @@ def check_trajectory(trajectory, max_iter) -> tuple:
     return its
 
 
+StateLike = Union[torch.Tensor, List[torch.Tensor], Tuple[torch.Tensor, ...]]
+
+
+class StatePack:
+    """A list/tuple of batch-first tensors (B, *shape_i) seen as one (B, d) state, d = sum_i prod(shape_i).
+
+    ``pack`` concatenates into a (B, d) tensor (optionally into ``out``); ``unpack`` returns views
+    ``flat[:, o_i:o_i + d_i].view(B, *shape_i)`` in the caller's container type (no copy; autograd
+    flows through both).
+    """
+
+    def __init__(self, zs: Sequence[torch.Tensor], name: str = "z0"):
+        if not isinstance(zs, (list, tuple)) or len(zs) == 0:
+            raise TypeError(f"{name} must be a tensor or a non-empty list/tuple of tensors, got {zs!r}")
+        for i, z in enumerate(zs):
+            if not torch.is_tensor(z):
+                raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(z).__name__}")
+            if z.dim() < 1 or z.shape[0] == 0 or z.numel() == 0:
+                raise ValueError(f"{name}[{i}] must be batch-first with at least one sample and one element, "
+                                 f"got shape {tuple(z.shape)}")
+        z_ref = zs[0]
+        for i, z in enumerate(zs):
+            if z.shape[0] != z_ref.shape[0]:
+                raise ValueError(f"{name}[{i}] has batch size {z.shape[0]}, {name}[0] has {z_ref.shape[0]}: "
+                                 f"every tensor of a list state must have the same batch size")
+            if z.dtype != z_ref.dtype or z.device != z_ref.device:
+                raise TypeError(f"{name}[{i}] is {z.dtype} on {z.device}, {name}[0] is {z_ref.dtype} on "
+                                f"{z_ref.device}: a list state must have one dtype and one device")
+        self.kind = type(zs)
+        self.B = int(z_ref.shape[0])
+        self.shapes = [tuple(z.shape[1:]) for z in zs]
+        self.sizes = [int(z[0].numel()) for z in zs]
+        self.d = sum(self.sizes)
+        self.dtype, self.device = z_ref.dtype, z_ref.device
+
+    def check(self, zs, name: str) -> None:
+        """Raise unless ``zs`` has this pack's structure (what f must return)."""
+        if not isinstance(zs, (list, tuple)) or len(zs) != len(self.shapes):
+            raise TypeError(f"{name} must return a list/tuple of {len(self.shapes)} tensors like z0, got "
+                            f"{type(zs).__name__}" + (f" of length {len(zs)}" if isinstance(zs, (list, tuple)) else ""))
+        for i, (z, shp) in enumerate(zip(zs, self.shapes)):
+            if not torch.is_tensor(z):
+                raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(z).__name__}")
+            if tuple(z.shape[1:]) != shp or z.shape[0] != zs[0].shape[0]:
+                raise ValueError(f"{name}[{i}] must have shape (B,) + {shp}, got {tuple(z.shape)}")
+
+    def pack(self, zs: Sequence[torch.Tensor], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, d) concatenation of the pieces (one copy)."""
+        B = zs[0].shape[0]
+        return torch.cat([z.reshape(B, -1) for z in zs], 1, out=out) if out is not None else \
+            torch.cat([z.reshape(B, -1) for z in zs], 1)
+
+    def unpack(self, flat: torch.Tensor):
+        """Views of the pieces of a (B', d) tensor, in the container type of z0."""
+        B = flat.shape[0]
+        out, o = [], 0
+        for shp, n in zip(self.shapes, self.sizes):
+            out.append(flat[:, o:o + n].view((B,) + shp))
+            o += n
+        return self.kind(out)
+
+
+def accepts_state_lists(solver: Callable) -> Callable:
+    """Let ``solver(f, z0, **kw)`` take a list/tuple state: packs z0 once into (B, d), runs the
+    single-tensor solver on a wrapper of f that sees views of the solver's buffers, and unpacks
+    the result and the trajectory into z0's container type."""
+
+    @functools.wraps(solver)
+    def wrapper(f, z0, *args, **kw):
+        if torch.is_tensor(z0) or not isinstance(z0, (list, tuple)):
+            return solver(f, z0, *args, **kw)
+        pack = StatePack(z0)
+        if not callable(f):
+            raise TypeError(f"f must be callable, got {type(f).__name__}")
+
+        def f_flat(zf):
+            out = f(pack.unpack(zf))
+            pack.check(out, "f")
+            return pack.pack(out)
+        f_subset = kw.get("f_subset")
+        if f_subset is not None:
+            if not callable(f_subset):
+                raise TypeError(f"f_subset must be callable (z_subset, index) -> f(z)[index], got "
+                                f"{type(f_subset).__name__}")
+
+            def fs_flat(zf, idx):
+                out = f_subset(pack.unpack(zf), idx)
+                pack.check(out, "f_subset")
+                return pack.pack(out)
+            kw["f_subset"] = fs_flat
+        z, stats = solver(f_flat, pack.pack(z0), *args, **kw)
+        stats.trajectory = {k: pack.unpack(v) for k, v in stats.trajectory.items()}
+        return pack.unpack(z), stats
+    return wrapper
+
+
 class FEval:
     """Calls ``f`` on a ``(B, d)`` state and checks what comes back.
 
@@ -121,11 +233,16 @@ class FEval:
         if out.device != self.device:
             raise ValueError(f"{name} must return a tensor on {self.device}, got {out.device}")
 
-    def __call__(self, z: torch.Tensor, active: torch.Tensor, n_active: int) -> torch.Tensor:
-        """f(z) as (B, d). Rows of inactive samples are unspecified (the solver ignores them)."""
+    def __call__(self, z: torch.Tensor, active: torch.Tensor, n_active: int,
+                 active_host: Optional[List[bool]] = None) -> torch.Tensor:
+        """f(z) as (B, d). Rows of inactive samples are unspecified (the solver ignores them).
+
+        ``active_host``: the active mask already read back by the tracker (then the subset index is
+        uploaded, not read back); None in a sync-free solve, which never takes the subset path.
+        """
         self.calls += 1
-        if self.f_subset is not None and n_active <= SUBSET_FRACTION * self.B:
-            idx = active.nonzero().flatten()
+        if self.f_subset is not None and active_host is not None and n_active <= SUBSET_FRACTION * self.B:
+            idx = torch.tensor([i for i, a in enumerate(active_host) if a], dtype=torch.long, device=self.device)
             sub_shape = (idx.numel(),) + tuple(self.shape[1:])
             out = self.f_subset(z.index_select(0, idx).view(sub_shape), idx)
             self._check(out, "f_subset", torch.Size(sub_shape))
@@ -145,17 +262,27 @@ class _Tracker:
     Iteration ``k`` (0-based) is the k-th evaluation of f; its residual belongs to the iterate
     ``z_k`` that f was evaluated at. A sample stops (``active`` False) once its residual in the
     stop mode is < tol, or when f gave it a NaN/Inf (then ``safeguard`` is set and the lowest
-    finite iterate is kept). ``best_key`` says in which solver buffer a sample's lowest-residual
-    iterate still lives (-1: already copied to ``z_best``).
+    finite iterate is kept). ``best_key`` (B,) says in which solver buffer a sample's
+    lowest-residual iterate still lives (-1: already copied to ``z_best``); keys are 0..n_keys-1.
+
+    Host reads: with ``tol > 0`` :meth:`record` reads back one small tensor per iteration (the
+    active mask and, per buffer key, whether it holds a lowest iterate), which is all the loop
+    needs to decide to stop, to take the ``f_subset`` path and to skip needless copies. With
+    ``tol == 0`` (``sync_free``) nothing is read back: the solve runs exactly max_iter
+    iterations, ``n_active`` stays B, and the lowest-iterate copies are unconditional selects.
     """
 
     def __init__(self, z0_flat: torch.Tensor, max_iter: int, tol: float, stop_mode: str, eps: float,
-                 trajectory: Sequence[int], solver: str):
+                 trajectory: Sequence[int], solver: str, n_keys: int = 2):
         B, dev = z0_flat.shape[0], z0_flat.device
         self.B, self.tol, self.stop_mode, self.eps, self.solver = B, tol, stop_mode, eps, solver
+        self.sync_free = tol == 0
+        self.n_keys = n_keys
         self.z_best = z0_flat  # never written in place (evict replaces it), so no copy needed
         self.best_key = torch.full((B,), -1, dtype=torch.long, device=dev)
         self.bufs: Dict[int, torch.Tensor] = {}
+        # Host copy of "buffer key holds some sample's lowest iterate" (valid after each record()).
+        self.key_used: Dict[int, bool] = {}
         f64 = dict(dtype=torch.float64, device=dev)
         self.abs_trace = torch.zeros(B, max_iter, **f64)
         self.rel_trace = torch.zeros(B, max_iter, **f64)
@@ -166,6 +293,7 @@ class _Tracker:
         self.converged = torch.zeros(B, dtype=torch.bool, device=dev)
         self.safeguard = torch.zeros(B, dtype=torch.bool, device=dev)
         self.n_active = B
+        self.active_host: Optional[List[bool]] = None
         self.iters = 0
         self.traj_at = set(trajectory)
         self.trajectory: Dict[int, torch.Tensor] = {}
@@ -177,11 +305,12 @@ class _Tracker:
         rel_res = abs_res / (fz_norm.to(torch.float64) + self.eps)
         finite = torch.isfinite(abs_res) & torch.isfinite(rel_res)
         res = rel_res if self.stop_mode == "rel" else abs_res
-        prev_a = self.abs_trace[:, k - 1] if k > 0 else torch.full_like(abs_res, math.inf)
-        prev_r = self.rel_trace[:, k - 1] if k > 0 else torch.full_like(rel_res, math.inf)
-        # A stopped sample's trace repeats its last value (its iterate no longer changes).
-        self.abs_trace[:, k] = torch.where(act, abs_res, prev_a)
-        self.rel_trace[:, k] = torch.where(act, rel_res, prev_r)
+        if k > 0:  # a stopped sample's trace repeats its last value (its iterate no longer changes)
+            self.abs_trace[:, k] = torch.where(act, abs_res, self.abs_trace[:, k - 1])
+            self.rel_trace[:, k] = torch.where(act, rel_res, self.rel_trace[:, k - 1])
+        else:
+            self.abs_trace[:, 0] = abs_res
+            self.rel_trace[:, 0] = rel_res
         best = self.rel_lowest if self.stop_mode == "rel" else self.abs_lowest
         improved = act & finite & (res < best)
         self.abs_lowest = torch.where(improved, abs_res, self.abs_lowest)
@@ -196,8 +325,14 @@ class _Tracker:
         done = act & finite & (res < self.tol)  # strict, as TorchDEQ: tol=0 runs every iteration
         self.converged |= done
         self.active = act & ~done & ~bad
-        self.n_active = int(self.active.sum())  # the one host sync per iteration
         self.iters = k + 1
+        if not self.sync_free:
+            # The one host read per iteration: the active mask and which buffers hold lowest iterates.
+            used = torch.bincount(self.best_key + 1, minlength=self.n_keys + 1)[1:] > 0
+            host = torch.cat([self.active, used]).tolist()
+            self.active_host = host[:self.B]
+            self.n_active = sum(self.active_host)
+            self.key_used = {i: u for i, u in enumerate(host[self.B:])}
         if (k + 1) in self.traj_at:
             self.trajectory[k + 1] = self.best().view_as(self.z_best)
 
@@ -205,24 +340,28 @@ class _Tracker:
         """A safeguard (regularised solve, dropped update, ...) fired for these (active) samples."""
         self.safeguard |= mask & self.active
 
+    def _holds(self, key: int) -> bool:
+        return self.sync_free or self.key_used.get(key, True)
+
     def evict(self, key: int) -> None:
         """Buffer ``key`` is about to be overwritten: copy out the lowest iterates that live there."""
         if key not in self.bufs:
             return
-        here = self.best_key == key
-        if bool(here.any()):
+        if self._holds(key):
+            here = self.best_key == key
             self.z_best = torch.where(here[:, None], self.bufs[key], self.z_best)
             self.best_key = torch.where(here, torch.full_like(self.best_key, -1), self.best_key)
+            self.key_used[key] = False
         del self.bufs[key]
 
     def best(self) -> torch.Tensor:
         """(B, d) lowest-residual iterate of each sample (a new tensor)."""
-        out = self.z_best.clone()
+        out = None
         for key, buf in self.bufs.items():
-            here = self.best_key == key
-            if bool(here.any()):
-                out = torch.where(here[:, None], buf, out)
-        return out
+            if self._holds(key):
+                here = (self.best_key == key)[:, None]
+                out = torch.where(here, buf, self.z_best if out is None else out)
+        return self.z_best.clone() if out is None else out
 
     def finish(self, shape) -> tuple:
         z = self.best().view(shape)

@@ -1,25 +1,42 @@
 """Anderson acceleration with a fused, incrementally updated history (csrc/anderson)."""
+from typing import Callable, Optional, Sequence, Tuple
+
 import torch
 
 from . import _kernels as K
-from ._common import (FEval, _Tracker, check_common, check_float, check_int, check_trajectory,
-                      reject_unknown, resolve_damping)
+from ._common import (FEval, StateLike, _Tracker, accepts_state_lists, check_common, check_float,
+                      check_int, check_trajectory, reject_unknown, resolve_damping)
+from ._stats import SolverStats
+
+LAM_MODES = ("rel", "abs")
+#: Default relative regularisation (lam_mode 'rel'), chosen by benchmarks/bench_time_to_tol.py.
+LAM_DEFAULT = 1e-8
+# Smallest Gram scale the relative regularisation divides by (an exactly converged sample has H = 0).
+_TINY_GRAM = 1e-300
 
 
-def check_backend(backend):
+def check_backend(backend: str) -> bool:
     if backend not in ("auto", "reference"):
         raise ValueError(f"backend must be 'auto' (compiled kernels when built) or 'reference' "
                          f"(pure PyTorch), got {backend!r}")
     return backend == "reference"
 
 
+@accepts_state_lists
 @torch.no_grad()
-def anderson(f, z0, *, m=6, lam=1e-4, beta=None, tau=None, max_iter=50, tol=1e-3, stop_mode="rel",
-             eps=1e-9, f_subset=None, trajectory=None, backend="auto", **unknown):
+def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT, lam_mode: str = "rel",
+             beta: Optional[float] = None, tau: Optional[float] = None, max_iter: int = 50,
+             tol: float = 1e-3, stop_mode: str = "rel", eps: float = 1e-9,
+             f_subset: Optional[Callable] = None, trajectory: Optional[Sequence[int]] = None,
+             backend: str = "auto", **unknown) -> Tuple[StateLike, SolverStats]:
     """Solve z = f(z) by Anderson acceleration (type II, the DEQ / TorchDEQ variant).
 
     Iteration k >= 1 mixes the last n = min(k, m) iterates x_i and residuals g_i = f(x_i) - x_i:
-        alpha = argmin ||sum_i alpha_i g_i||^2 + lam ||alpha||^2  s.t.  sum_i alpha_i = 1
+        alpha = argmin ||sum_i alpha_i g_i||^2 + lam s ||alpha||^2  s.t.  sum_i alpha_i = 1
+    where s = max_i ||g_i||^2 (the Gram matrix's scale, per sample) with ``lam_mode='rel'`` (the
+    default: the regularisation does not depend on how small the residuals already are) and
+    s = 1 with ``lam_mode='abs'`` (TorchDEQ's absolute lam; its default lam = 1e-4 swamps the
+    Gram matrix once residuals fall below ~1e-2 and Anderson degrades to averaging).
         z_k   = sum_i alpha_i (x_i + beta g_i) = beta sum a_i f(x_i) + (1 - beta) sum a_i x_i
     (z_1 is therefore the damped step z0 + beta g_0). The Gram matrix of the residuals gets one new
     row per iteration and the small bordered system is solved in float64 for the whole batch; a
@@ -28,7 +45,10 @@ def anderson(f, z0, *, m=6, lam=1e-4, beta=None, tau=None, max_iter=50, tol=1e-3
     Args:
         f: callable mapping a tensor shaped like z0 (batch first) to the same shape and dtype.
         z0: (B, ...) finite initial state (warm start: any z0).
-        m: history size (>= 1). lam: Tikhonov regularisation of the Gram matrix (>= 0).
+        z0: (B, ...) tensor, or a list/tuple of batch-first tensors of different shapes (then f
+            takes and returns such a list; the result is one too).
+        m: history size (>= 1). lam: Tikhonov regularisation of the Gram matrix (>= 0), relative to
+            its scale (lam_mode 'rel') or absolute (lam_mode 'abs').
         beta / tau: damping in (0, 1] (tau is TorchDEQ's name). max_iter: evaluations of f (>= 1).
         tol: per-sample stop threshold (>= 0; 0 runs exactly max_iter evaluations).
         stop_mode: 'rel' (||f(z)-z|| / (||f(z)|| + eps)) or 'abs' (||f(z)-z||), per sample.
@@ -46,6 +66,9 @@ def anderson(f, z0, *, m=6, lam=1e-4, beta=None, tau=None, max_iter=50, tol=1e-3
     check_common(z0, max_iter, tol, stop_mode, eps)
     check_int("m", m, 1)
     lam = check_float("lam", lam, 0.0)
+    if lam_mode not in LAM_MODES:
+        raise ValueError(f"lam_mode must be 'rel' (lam relative to the Gram matrix's scale) or 'abs' "
+                         f"(TorchDEQ's absolute lam), got {lam_mode!r}")
     beta = resolve_damping("anderson", beta, tau)
     its = check_trajectory(trajectory, max_iter)
     use_ref = check_backend(backend)
@@ -56,16 +79,20 @@ def anderson(f, z0, *, m=6, lam=1e-4, beta=None, tau=None, max_iter=50, tol=1e-3
     G = z.new_empty(m, B, d)
     H = torch.zeros(B, m, m, dtype=torch.float64, device=z.device)
     X[0].copy_(z)
-    tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "anderson")
+    tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "anderson", n_keys=m)
     for k in range(max_iter):
         slot = k % m
         if k > 0:
             n = min(k, m)
-            alpha, fallback = K.anderson_solve(H, n, lam, (k - 1) % m, use_reference=use_ref)
+            Hk = H
+            if lam_mode == "rel":  # alpha is invariant to scaling H: divide by its scale, keep lam
+                scale = H.diagonal(dim1=1, dim2=2)[:, :n].amax(1).clamp_min(_TINY_GRAM)
+                Hk = H / scale[:, None, None]
+            alpha, fallback = K.anderson_solve(Hk, n, lam, (k - 1) % m, use_reference=use_ref)
             tr.flag(fallback)
             tr.evict(slot)  # X[slot] is overwritten next: save lowest iterates that live there
             K.anderson_mix(X, G, alpha, beta, slot, n, tr.active, use_reference=use_ref)
-        fz = feval(X[slot], tr.active, tr.n_active)
+        fz = feval(X[slot], tr.active, tr.n_active, tr.active_host)
         res_sq, fz_sq = K.anderson_update(X, G, fz, H, slot, min(k + 1, m), tr.active,
                                           use_reference=use_ref)
         tr.record(k, res_sq.sqrt(), fz_sq.sqrt(), slot, X[slot])

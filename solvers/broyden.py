@@ -1,14 +1,21 @@
 """Limited-memory ("good") Broyden's method with fused low-rank updates (csrc/broyden)."""
+from typing import Callable, Optional, Sequence, Tuple
+
 import torch
 
 from . import _kernels as K
-from ._common import FEval, _Tracker, check_common, check_int, check_trajectory, reject_unknown
+from ._common import (FEval, StateLike, _Tracker, accepts_state_lists, check_common, check_int,
+                      check_trajectory, reject_unknown)
+from ._stats import SolverStats
 from .anderson import check_backend
 
 
+@accepts_state_lists
 @torch.no_grad()
-def broyden(f, z0, *, max_iter=50, tol=1e-3, stop_mode="rel", memory=None, eps=1e-9, f_subset=None,
-            trajectory=None, backend="auto", **unknown):
+def broyden(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "rel",
+            memory: Optional[int] = None, eps: float = 1e-9, f_subset: Optional[Callable] = None,
+            trajectory: Optional[Sequence[int]] = None, backend: str = "auto",
+            **unknown) -> Tuple[StateLike, SolverStats]:
     """Solve g(z) = f(z) - z = 0 by Broyden's method without line search (the DEQ / TorchDEQ variant).
 
     The inverse Jacobian of g is kept as J^-1 ~ -I + sum_i s_i u_i v_i^T (identity start, so the
@@ -39,7 +46,7 @@ def broyden(f, z0, *, max_iter=50, tol=1e-3, stop_mode="rel", memory=None, eps=1
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "broyden")
     f64 = torch.float64
 
-    fz = feval(Z[0], tr.active, tr.n_active)
+    fz = feval(Z[0], tr.active, tr.n_active, tr.active_host)
     g_old = fz - Z[0]
     tr.record(0, torch.linalg.vector_norm(g_old, dim=1, dtype=f64),
               torch.linalg.vector_norm(fz, dim=1, dtype=f64), 0, Z[0])
@@ -53,7 +60,7 @@ def broyden(f, z0, *, max_iter=50, tol=1e-3, stop_mode="rel", memory=None, eps=1
     g_new = torch.empty_like(g_old)
     cur, n, nupd = 1, 0, 0
     for k in range(1, max_iter):
-        fz = feval(Z[cur], tr.active, tr.n_active)
+        fz = feval(Z[cur], tr.active, tr.n_active, tr.active_host)
         dots = K.broyden_pass1(U, V, dx, fz, Z[cur], g_old, g_new, n, tr.active, use_reference=use_ref)
         tr.record(k, dots[:, 3 * n + 2].sqrt(), dots[:, 3 * n + 3].sqrt(), cur, Z[cur])
         if tr.n_active == 0 or k == max_iter - 1:

@@ -1,16 +1,21 @@
 """Plain fixed-point iteration: ``fixed_point`` (damped z <- (1 - beta) z + beta f(z), per-sample
 stop, lowest-residual iterate) and ``fixed_point_last`` (the official LDEQ loop: last iterate,
 batch-mean stop)."""
+from typing import Callable, Optional, Sequence, Tuple
+
 import torch
 
-from ._common import (FEval, _Tracker, check_common, check_trajectory, reject_unknown,
-                      resolve_damping)
+from ._common import (FEval, StateLike, _Tracker, accepts_state_lists, check_common,
+                      check_trajectory, reject_unknown, resolve_damping)
 from ._stats import SolverStats
 
 
+@accepts_state_lists
 @torch.no_grad()
-def fixed_point(f, z0, *, beta=None, tau=None, max_iter=50, tol=1e-3, stop_mode="rel", eps=1e-9,
-                f_subset=None, trajectory=None, **unknown):
+def fixed_point(f: Callable, z0: StateLike, *, beta: Optional[float] = None, tau: Optional[float] = None,
+                max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "rel", eps: float = 1e-9,
+                f_subset: Optional[Callable] = None, trajectory: Optional[Sequence[int]] = None,
+                **unknown) -> Tuple[StateLike, SolverStats]:
     """Solve z = f(z) by fixed-point iteration, with per-sample stopping.
 
     Args: as in :func:`anderson` (beta / tau: damping in (0, 1]).
@@ -26,7 +31,7 @@ def fixed_point(f, z0, *, beta=None, tau=None, max_iter=50, tol=1e-3, stop_mode=
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "fixed_point")
     f64 = torch.float64
     for k in range(max_iter):
-        fz = feval(z, tr.active, tr.n_active)
+        fz = feval(z, tr.active, tr.n_active, tr.active_host)
         g = fz - z
         tr.record(k, torch.linalg.vector_norm(g, dim=1, dtype=f64),
                   torch.linalg.vector_norm(fz, dim=1, dtype=f64), k % 2, z)
@@ -60,8 +65,10 @@ def stats_from_traces(abs_trace, rel_trace, tol, stop_mode, solver) -> SolverSta
                        solver=solver, stop_mode=stop_mode)
 
 
+@accepts_state_lists
 @torch.no_grad()
-def fixed_point_last(f, z0, *, max_iter=50, tol=1e-3, stop_mode="rel", trajectory=None, **unknown):
+def fixed_point_last(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3, stop_mode: str = "rel",
+                     trajectory: Optional[Sequence[int]] = None, **unknown) -> Tuple[StateLike, SolverStats]:
     """The official LDEQ release's loop (its ``fpi``): z <- f(z) up to ``max_iter`` times, stopping
     when the *batch-mean* residual (rel: ||f(z) - z|| / (||f(z)|| + 1e-5)) is below ``tol``, and
     returning the *last* f output.

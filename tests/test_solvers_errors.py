@@ -34,7 +34,9 @@ def test_nonfinite_z0_is_rejected(name, bad):
 @pytest.mark.parametrize("name", SOLVERS)
 def test_bad_z0_type_dtype_shape(name):
     solver = S.get_solver(name)
-    with pytest.raises(TypeError, match="z0 must be a torch.Tensor"):
+    with pytest.raises(TypeError, match="z0 must be a torch.Tensor or a list/tuple of them"):
+        solver(contraction, "z")
+    with pytest.raises(TypeError, match=r"z0\[0\] must be a torch.Tensor, got list"):
         solver(contraction, [[0.0]])
     with pytest.raises(TypeError, match="z0 must have a floating dtype"):
         solver(contraction, torch.zeros(2, 3, dtype=torch.long))
