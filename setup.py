@@ -88,6 +88,7 @@ def make_extensions():
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "common", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "*", "*_cpu.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "*", "*_cuda.cu")))
     # -fno-trapping-math lets GCC if-convert (and so vectorise) the branch-free selects in the kernels.

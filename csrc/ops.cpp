@@ -6,6 +6,9 @@
 
 #include <mutex>
 #include <set>
+#include <string>
+
+#include "common/cpu_dispatch.h"
 
 TORCH_LIBRARY(ldeq, m) {
   // ---- heatmap (csrc/heatmap/heatmap.h) -------------------------------------------------
@@ -59,6 +62,15 @@ int64_t parallel_threads_used(int64_t n) {
   });
   return static_cast<int64_t>(seen.size());
 }
+std::string cpu_capability() { return ldeq::cpu::isa_name(ldeq::cpu::capability()); }
+std::string max_cpu_capability() { return ldeq::cpu::isa_name(ldeq::cpu::max_capability()); }
+
+std::string set_cpu_capability(const std::string& name) {
+  ldeq::cpu::Isa isa;
+  TORCH_CHECK_VALUE(ldeq::cpu::parse_isa(name, &isa),
+                    "capability must be one of 'default', 'avx2', 'avx512', got '", name, "'");
+  return ldeq::cpu::isa_name(ldeq::cpu::set_capability(isa));
+}
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -66,4 +78,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_built", &cuda_built, "True when the CUDA kernels were compiled into this build");
   m.def("parallel_threads_used", &parallel_threads_used,
         "Distinct threads at::parallel_for used for n one-element tasks inside ldeq._C");
+  m.def("cpu_capability", &cpu_capability, "The CPU capability the kernels use now: default, avx2 or avx512");
+  m.def("max_cpu_capability", &max_cpu_capability,
+        "The highest CPU capability this CPU supports and this build compiled");
+  m.def("set_cpu_capability", &set_cpu_capability,
+        "Force the CPU capability (capped at max_cpu_capability()); returns the one in effect");
 }

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "common/cpu_dispatch.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -11,15 +13,10 @@ namespace ldeq {
 
 // Elements per CPU task and per cache block: a task is one chunk of one sample (so B=1 still
 // uses every core); inside it, blocks of kBlock elements keep the history rows' slices in L1.
+// The per-task bodies are compiled for default / AVX2 / AVX-512 and picked at run time by the one
+// CPU dispatch of ldeq (common/cpu_dispatch.h, LDEQ_CPU_KERNEL), so the memory-bound passes are not
+// limited by 128-bit SSE2 arithmetic in a portable build.
 constexpr int64_t kChunk = 32768;
-// The extension is built without -march flags (portable wheels); the hot per-task loops are
-// compiled for AVX-512, AVX2 and baseline and picked at load time (GCC/Clang function
-// multiversioning), so the memory-bound passes are not limited by 128-bit SSE2 arithmetic.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__CUDACC__) && !defined(__APPLE__)
-#define LDEQ_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LDEQ_MULTIVERSION
-#endif
 constexpr int64_t kBlock = 512;
 
 // The CPU work split: fn(b, j0, j1, task) for every active sample b and chunk [j0, j1) of at most

@@ -2,9 +2,17 @@
 
 Every op wrapper asks :func:`has_kernel` before dispatching to the compiled kernel and falls back
 to the pure-PyTorch reference otherwise, so ldeq works (slowly) from a source tree with no build.
+
+CPU capability: every CPU kernel is compiled for ``default`` (any x86-64 or other CPU), ``avx2`` and
+``avx512`` and one of them is picked at run time (csrc/common/cpu_dispatch.h): the best this CPU
+supports, lowered by ``LDEQ_CPU_CAPABILITY=default|avx2|avx512`` (read once, like PyTorch's
+``ATEN_CPU_CAPABILITY``) or by :func:`set_cpu_capability`; :func:`cpu_capability` reports it.
 """
+import contextlib
 import functools
+import os
 import warnings
+from typing import Iterator, List
 
 import torch
 
@@ -24,6 +32,54 @@ def extension_loaded() -> bool:
 def cuda_built() -> bool:
     """True when ``ldeq._C`` contains CUDA kernels."""
     return _C is not None and _C.cuda_built()
+
+
+CPU_CAPABILITIES = ("default", "avx2", "avx512")  # in increasing order
+
+
+def _check_capability_env() -> None:
+    v = os.environ.get("LDEQ_CPU_CAPABILITY", "")
+    if v and v not in CPU_CAPABILITIES:
+        warnings.warn(f"ldeq: ignoring LDEQ_CPU_CAPABILITY={v!r}: expected one of {', '.join(CPU_CAPABILITIES)}",
+                      RuntimeWarning, stacklevel=2)
+
+
+_check_capability_env()
+
+
+def cpu_capability() -> str:
+    """The capability the CPU kernels use now: 'default', 'avx2' or 'avx512' ('default' without ldeq._C)."""
+    return _C.cpu_capability() if _C is not None else "default"
+
+
+def max_cpu_capability() -> str:
+    """The highest capability this CPU supports and this build compiled a path for."""
+    return _C.max_cpu_capability() if _C is not None else "default"
+
+
+def available_cpu_capabilities() -> List[str]:
+    """Every capability this CPU can execute in this build, lowest first (the tests run each)."""
+    return list(CPU_CAPABILITIES[:CPU_CAPABILITIES.index(max_cpu_capability()) + 1])
+
+
+def set_cpu_capability(name: str) -> str:
+    """Force the CPU kernels onto ``name`` ('default' | 'avx2' | 'avx512'), capped at
+    :func:`max_cpu_capability`; returns the capability now in effect. Process-wide."""
+    if name not in CPU_CAPABILITIES:
+        raise ValueError(f"capability must be one of {', '.join(map(repr, CPU_CAPABILITIES))}, got {name!r}")
+    if _C is None:
+        return "default"
+    return _C.set_cpu_capability(name)
+
+
+@contextlib.contextmanager
+def forced_cpu_capability(name: str) -> Iterator[str]:
+    """Context manager: :func:`set_cpu_capability` inside, the previous capability restored after."""
+    previous = cpu_capability()
+    try:
+        yield set_cpu_capability(name)
+    finally:
+        set_cpu_capability(previous)
 
 
 def _kernels_by_device() -> frozenset:

@@ -13,9 +13,9 @@
 namespace ldeq {
 namespace {
 
-// Task bodies: one chunk [j0, j1) of one sample, multiversioned (see solver_common.h).
-template <typename scalar_t>
-LDEQ_MULTIVERSION void update_task(const scalar_t* x, scalar_t* g, const scalar_t* fzb, const scalar_t* Gb,
+// Task bodies: one chunk [j0, j1) of one sample, one entry point per ISA (see solver_common.h).
+template <cpu::Isa isa, typename scalar_t>
+LDEQ_INLINE void update_task_body(const scalar_t* x, scalar_t* g, const scalar_t* fzb, const scalar_t* Gb,
                                    int64_t stride, int64_t n, int64_t j0, int64_t j1, double* out) {
   for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
     const int64_t s1 = std::min(j1, s0 + kBlock);
@@ -37,6 +37,7 @@ LDEQ_MULTIVERSION void update_task(const scalar_t* x, scalar_t* g, const scalar_
     }
   }
 }
+LDEQ_CPU_KERNEL(update_task, update_task_body)
 
 // One new Gram row + squared norms, per (sample, chunk) task (see for_each_active_chunk_sum).
 std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(at::Tensor X, at::Tensor G, const at::Tensor& fz,
@@ -52,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(at::Tensor X, at::Tensor 
     scalar_t* Gp = G.data_ptr<scalar_t>();
     const scalar_t* Fp = fz.data_ptr<scalar_t>();
     for_each_active_chunk_sum(B, d, nout, act, sums.data(), [&](int64_t b, int64_t j0, int64_t j1, double* out) {
-      update_task<scalar_t>(Xp + (slot * B + b) * d, Gp + (slot * B + b) * d, Fp + b * d, Gp + b * d, B * d, n,
+      update_task(Xp + (slot * B + b) * d, Gp + (slot * B + b) * d, Fp + b * d, Gp + b * d, B * d, n,
                             j0, j1, out);
     });
   });
@@ -88,8 +89,8 @@ std::tuple<at::Tensor, at::Tensor> anderson_solve_cpu(const at::Tensor& H, int64
   return {alpha, fallback};
 }
 
-template <typename scalar_t>
-LDEQ_MULTIVERSION void mix_task(scalar_t* Xb, const scalar_t* Gb, int64_t stride, const double* alpha, double beta,
+template <cpu::Isa isa, typename scalar_t>
+LDEQ_INLINE void mix_task_body(scalar_t* Xb, const scalar_t* Gb, int64_t stride, const double* alpha, double beta,
                                 int64_t slot, int64_t n, int64_t j0, int64_t j1) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t acc[kBlock];
@@ -109,6 +110,7 @@ LDEQ_MULTIVERSION void mix_task(scalar_t* Xb, const scalar_t* Gb, int64_t stride
     for (int64_t j = 0; j < len; ++j) out[j] = static_cast<scalar_t>(acc[j]);
   }
 }
+LDEQ_CPU_KERNEL(mix_task, mix_task_body)
 
 void anderson_mix_cpu(at::Tensor X, const at::Tensor& G, const at::Tensor& alpha, double beta, int64_t slot,
                       int64_t n, const at::Tensor& active) {
@@ -120,7 +122,7 @@ void anderson_mix_cpu(at::Tensor X, const at::Tensor& G, const at::Tensor& alpha
     scalar_t* Xp = X.data_ptr<scalar_t>();
     const scalar_t* Gp = G.data_ptr<scalar_t>();
     for_each_active_chunk(B, d, act, [&](int64_t b, int64_t j0, int64_t j1, int64_t) {
-      mix_task<scalar_t>(Xp + b * d, Gp + b * d, B * d, ap + b * n, beta, slot, n, j0, j1);
+      mix_task(Xp + b * d, Gp + b * d, B * d, ap + b * n, beta, slot, n, j0, j1);
     });
   });
 }

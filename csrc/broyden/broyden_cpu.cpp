@@ -12,9 +12,9 @@
 namespace ldeq {
 namespace {
 
-// Task bodies: one chunk [j0, j1) of one sample, multiversioned (see solver_common.h).
-template <typename scalar_t>
-LDEQ_MULTIVERSION void pass1_task(const scalar_t* Ub, const scalar_t* Vb, int64_t stride, const scalar_t* dxb,
+// Task bodies: one chunk [j0, j1) of one sample, one entry point per ISA (see solver_common.h).
+template <cpu::Isa isa, typename scalar_t>
+LDEQ_INLINE void pass1_task_body(const scalar_t* Ub, const scalar_t* Vb, int64_t stride, const scalar_t* dxb,
                                   const scalar_t* fzb, const scalar_t* zb, const scalar_t* gob, scalar_t* gnb,
                                   int64_t n, int64_t j0, int64_t j1, double* out) {
   double gbuf[kBlock], dgbuf[kBlock], dxbuf[kBlock];
@@ -45,6 +45,7 @@ LDEQ_MULTIVERSION void pass1_task(const scalar_t* Ub, const scalar_t* Vb, int64_
     }
   }
 }
+LDEQ_CPU_KERNEL(pass1_task, pass1_task_body)
 
 at::Tensor broyden_pass1_cpu(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
                              const at::Tensor& z, const at::Tensor& g_old, at::Tensor g_new, int64_t n,
@@ -61,15 +62,15 @@ at::Tensor broyden_pass1_cpu(const at::Tensor& U, const at::Tensor& V, const at:
     for_each_active_chunk_sum(B, d, nout, act, res.data_ptr<double>(),
                               [&](int64_t b, int64_t j0, int64_t j1, double* out) {
                                 const int64_t o = b * d;
-                                pass1_task<scalar_t>(Up + o, Vp + o, B * d, dxp + o, fzp + o, zp + o, gop + o,
+                                pass1_task(Up + o, Vp + o, B * d, dxp + o, fzp + o, zp + o, gop + o,
                                                      gnp + o, n, j0, j1, out);
                               });
   });
   return res;
 }
 
-template <typename scalar_t>
-LDEQ_MULTIVERSION void pass2_task(scalar_t* Ub, scalar_t* Vb, int64_t stride, scalar_t* dxb, const scalar_t* zb,
+template <cpu::Isa isa, typename scalar_t>
+LDEQ_INLINE void pass2_task_body(scalar_t* Ub, scalar_t* Vb, int64_t stride, scalar_t* dxb, const scalar_t* zb,
                                   scalar_t* znb, const scalar_t* gnb, const scalar_t* gob, const double* cb,
                                   int64_t slot, int64_t n, int64_t j0, int64_t j1) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -111,6 +112,7 @@ LDEQ_MULTIVERSION void pass2_task(scalar_t* Ub, scalar_t* Vb, int64_t stride, sc
     }
   }
 }
+LDEQ_CPU_KERNEL(pass2_task, pass2_task_body)
 
 void broyden_pass2_cpu(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,
                        const at::Tensor& g_new, const at::Tensor& g_old, const at::Tensor& coef, int64_t slot,
@@ -125,7 +127,7 @@ void broyden_pass2_cpu(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tens
     scalar_t* znp = z_next.data_ptr<scalar_t>();
     for_each_active_chunk(B, d, act, [&](int64_t b, int64_t j0, int64_t j1, int64_t) {
       const int64_t o = b * d;
-      pass2_task<scalar_t>(Up + o, Vp + o, B * d, dxp + o, zp + o, znp + o, gnp + o, gop + o,
+      pass2_task(Up + o, Vp + o, B * d, dxp + o, zp + o, znp + o, gnp + o, gop + o,
                            cp + b * (3 * n + 1), slot, n, j0, j1);
     });
   });

@@ -1,6 +1,8 @@
 // CPU kernels of the fused heatmap ops (shapes and formulas: heatmap.h).
 // One channel (H*W values, 16 KB at 64x64 float) is processed by one thread at a time, so every
 // "pass" after the first reads from L1/L2; inner loops are branch-free so GCC vectorises them.
+// Every kernel body is compiled for default / AVX2 / AVX-512 and picked at run time by the one CPU
+// dispatch of ldeq (common/cpu_dispatch.h: LDEQ_CPU_KERNEL, forced by LDEQ_CPU_CAPABILITY).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -8,26 +10,21 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__)
+#include "common/cpu_alloc.h"
+#include "common/cpu_dispatch.h"
+#if LDEQ_HAVE_ISA_VARIANTS
 #include <immintrin.h>
 #endif
-
-#include "common/cpu_alloc.h"
 #include "heatmap/heatmap.h"
 
 namespace ldeq {
 namespace heatmap {
 namespace {
 
-// The per-channel bodies must be inlined into each target clone below, or every clone would just
-// call one shared baseline (SSE2) copy; GCC does not inline functions this large on its own.
-#if defined(__GNUC__)
-#define LDEQ_INLINE inline __attribute__((always_inline))
-#else
-#define LDEQ_INLINE inline
-#endif
+using cpu::Isa;
 
 // Vectorisable exp: Cephes range reduction + degree-6 polynomial, ~1 ulp in float32.
 // (std::exp is a library call per element and blocks vectorisation; the selects below vectorise
@@ -66,11 +63,20 @@ LDEQ_INLINE float exp_approx(float x) {
 inline double exp_approx(double x) { return std::exp(x); }
 
 // Max as an integer reduction over order-preserving keys of the float bits: GCC vectorises integer
-// max reductions everywhere, but not float ones (in a target clone it fell back to scalar vmaxss).
-// A NaN sorts above +inf, so a NaN channel yields NaN and poisons its outputs as it should.
+// max reductions everywhere, but not float ones (in an AVX-512 body it fell back to scalar vmaxss).
+// Every NaN, whatever its sign bit and payload (0xFFC00000 is what inf - inf gives on x86), gets the
+// largest key, so a NaN anywhere makes the channel's max NaN and poisons its outputs, as torch.amax.
 template <typename T> struct OrderedKey;
-template <> struct OrderedKey<float> { using I = int32_t; static constexpr I kMagnitude = 0x7fffffff; };
-template <> struct OrderedKey<double> { using I = int64_t; static constexpr I kMagnitude = 0x7fffffffffffffffLL; };
+template <> struct OrderedKey<float> {
+  using I = int32_t;
+  static constexpr I kMagnitude = 0x7fffffff;
+  static constexpr I kInf = 0x7f800000;
+};
+template <> struct OrderedKey<double> {
+  using I = int64_t;
+  static constexpr I kMagnitude = 0x7fffffffffffffffLL;
+  static constexpr I kInf = 0x7ff0000000000000LL;
+};
 
 template <typename T>
 LDEQ_INLINE T channel_max(const T* x, int64_t n) {
@@ -82,7 +88,8 @@ LDEQ_INLINE T channel_max(const T* x, int64_t n) {
     I bits;
     std::memcpy(&bits, x + i, sizeof(T));
     const I key = bits ^ ((bits >> kSign) & OrderedKey<T>::kMagnitude);  // negative floats: flip magnitude
-    m = key > m ? key : m;
+    const I k = (bits & OrderedKey<T>::kMagnitude) > OrderedKey<T>::kInf ? OrderedKey<T>::kMagnitude : key;  // NaN
+    m = k > m ? k : m;
   }
   const I bits = m ^ ((m >> kSign) & OrderedKey<T>::kMagnitude);
   T out;
@@ -90,20 +97,19 @@ LDEQ_INLINE T channel_max(const T* x, int64_t n) {
   return out;
 }
 
-// Typed entry points compiled for AVX-512, AVX2 and baseline x86-64 (GCC picks one at load time),
-// so the same wheel runs everywhere and still uses the widest vectors the CPU has.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LDEQ_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LDEQ_CPU_CLONES
-#endif
-
-// The max gets clones of its own, called per channel: inlined into the larger range bodies GCC left
-// it scalar (vmaxss / cmov) while vectorising every other loop there.
-LDEQ_CPU_CLONES __attribute__((noinline)) float channel_max_f32(const float* x, int64_t n) { return channel_max(x, n); }
-LDEQ_CPU_CLONES __attribute__((noinline)) double channel_max_f64(const double* x, int64_t n) { return channel_max(x, n); }
-inline float vec_max(const float* x, int64_t n) { return channel_max_f32(x, n); }
-inline double vec_max(const double* x, int64_t n) { return channel_max_f64(x, n); }
+// The max gets noinline entry points of its own per ISA, called per channel: inlined into the larger
+// range bodies GCC left it scalar (vmaxss / cmov) while vectorising every other loop there.
+template <typename T> LDEQ_NOINLINE T channel_max_default(const T* x, int64_t n) { return channel_max(x, n); }
+template <typename T> LDEQ_NOINLINE LDEQ_TARGET_AVX2 T channel_max_avx2(const T* x, int64_t n) { return channel_max(x, n); }
+template <typename T> LDEQ_NOINLINE LDEQ_TARGET_AVX512 T channel_max_avx512(const T* x, int64_t n) {
+  return channel_max(x, n);
+}
+template <Isa isa, typename T>
+LDEQ_INLINE T vec_max(const T* x, int64_t n) {
+  if constexpr (isa == Isa::kAvx512) return channel_max_avx512(x, n);
+  else if constexpr (isa == Isa::kAvx2) return channel_max_avx2(x, n);
+  else return channel_max_default(x, n);
+}
 
 // Accumulator type: float channels sum rows in float (short, vectorised) and rows in double.
 template <typename T> struct Acc { using type = double; };
@@ -115,8 +121,13 @@ int64_t grain(int64_t per_channel) { return std::max<int64_t>(1, 32768 / std::ma
 // per cache line it computes; the portable one issues them up front. next == nullptr: last channel.
 template <typename T>
 LDEQ_INLINE void prefetch_channel(const T* next, int64_t n) {
+#if defined(__GNUC__) || defined(__clang__)
   if (!next) return;
   for (int64_t i = 0; i < n; i += 64 / sizeof(T)) __builtin_prefetch(next + i, 0, 2);
+#else
+  (void)next;
+  (void)n;
+#endif
 }
 
 // Portable y = exp(b (x - m)) over one channel, prefetching the next one (nullptr: none).
@@ -128,13 +139,13 @@ LDEQ_INLINE void exp_shift(const T* x, T* y, int64_t n, T b, T m, const T* next)
 }
 
 // y = exp(b (x - m)) over one channel, float32: the pass that dominates the kernels' arithmetic.
-// GCC function multiversioning picks the body at load time. The AVX-512 body uses vscalefps for the
-// 2^n scaling, which also gives 0, denormals, inf and NaN right without the masks exp_approx needs,
-// and is about half the instructions. Forward and recomputing backward call the same body, so the
-// recomputed heatmaps have the same bits as the forward's.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// The AVX-512 body uses vscalefps for the 2^n scaling, which also gives 0, denormals, inf and NaN
+// right without the masks exp_approx needs, and is about half the instructions. Forward and
+// recomputing backward call the same body, so the recomputed heatmaps have the same bits as the
+// forward's (under one capability; another capability may differ in the last bit).
+#if LDEQ_HAVE_ISA_VARIANTS
 // exp(t) for 16 floats: Cephes reduction and polynomial (as exp_approx), 2^k applied by vscalefps.
-__attribute__((target("avx512f"), always_inline)) inline __m512 exp512(__m512 t) {
+LDEQ_TARGET_AVX512 LDEQ_INLINE __m512 exp512(__m512 t) {
   // Clamped so that k stays finite: exp(-104) is 0 and exp(89) inf in float32. max/min return
   // their second operand when one is NaN, so a NaN input stays NaN.
   t = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), t));
@@ -150,8 +161,9 @@ __attribute__((target("avx512f"), always_inline)) inline __m512 exp512(__m512 t)
   const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(e, k);
 }
-__attribute__((target("arch=x86-64-v4"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m,
-                                                          const float* next) {
+// A call per channel (not inlined: the generic bodies that call it carry no target attribute).
+LDEQ_TARGET_AVX512 LDEQ_NOINLINE void exp_shift_avx512(const float* x, float* y, int64_t n, float b, float m,
+                                                      const float* next) {
   const __m512 vb = _mm512_set1_ps(b), vm = _mm512_set1_ps(m);
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -164,43 +176,35 @@ __attribute__((target("arch=x86-64-v4"))) void exp_shift_f32(const float* x, flo
     _mm512_mask_storeu_ps(y + i, tail, exp512(_mm512_mul_ps(vb, _mm512_sub_ps(v, vm))));
   }
 }
-__attribute__((target("arch=x86-64-v3"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m,
-                                                          const float* next) {
-  exp_shift(x, y, n, b, m, next);
-}
-__attribute__((target("default"))) void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m,
-                                                 const float* next) {
-  exp_shift(x, y, n, b, m, next);
-}
-#else
-void exp_shift_f32(const float* x, float* y, int64_t n, float b, float m, const float* next) {
-  exp_shift(x, y, n, b, m, next);
-}
 #endif
-inline void exp_shift_vec(const float* x, float* y, int64_t n, float b, float m, const float* next) {
-  exp_shift_f32(x, y, n, b, m, next);
-}
-inline void exp_shift_vec(const double* x, double* y, int64_t n, double b, double m, const double* next) {
+template <Isa isa, typename T>
+LDEQ_INLINE void exp_shift_vec(const T* x, T* y, int64_t n, T b, T m, const T* next) {
+#if LDEQ_HAVE_ISA_VARIANTS
+  if constexpr (isa == Isa::kAvx512 && std::is_same_v<T, float>) {
+    exp_shift_avx512(x, y, n, b, m, next);
+    return;
+  }
+#endif
   exp_shift(x, y, n, b, m, next);
 }
 
-template <typename T>
-LDEQ_INLINE void softargmax_range(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K, int64_t n, int64_t begin,
+template <Isa isa, typename T>
+LDEQ_INLINE void softargmax_range_body(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K, int64_t n, int64_t begin,
                              int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T* x = l + c * n;
-      exp_shift_vec(x, h + c * n, n, beta[beta_k == 1 ? 0 : c % K], vec_max(x, n), c + 1 < end ? x + n : nullptr);
+      exp_shift_vec<isa>(x, h + c * n, n, beta[beta_k == 1 ? 0 : c % K], vec_max<isa>(x, n), c + 1 < end ? x + n : nullptr);
     }
 }
 
-template <typename T>
-LDEQ_INLINE void softargmax_backward_range(const T* g, const T* l, const T* beta, int64_t beta_k, const T* h, T* gl, T* gb,
+template <Isa isa, typename T>
+LDEQ_INLINE void softargmax_backward_range_body(const T* g, const T* l, const T* beta, int64_t beta_k, const T* h, T* gl, T* gb,
                                       int64_t K, int64_t n, int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const T *gc = g + c * n, *lc = l + c * n, *hc = h + c * n;
       T* out = gl + c * n;
       const T b = beta[beta_k == 1 ? 0 : c % K];
-      const T m = vec_max(lc, n);
+      const T m = vec_max<isa>(lc, n);
       T s1 = 0, s2 = 0, ties = 0;
 #pragma omp simd reduction(+ : s1, s2, ties)
       for (int64_t i = 0; i < n; ++i) {
@@ -228,33 +232,59 @@ LDEQ_INLINE void softargmax_backward_range(const T* g, const T* l, const T* beta
     }
 }
 
-// Row sums (H) and column sums (W) of one channel in one pass. Column sums accumulate vertically
-// (vector adds, no horizontal reduction); everything the decode and its gradient need follows from
-// these marginals in O(H + W).
-template <typename T>
-LDEQ_INLINE void channel_marginals(const T* h, int64_t H, int64_t W, T* row_sum, T* col_sum,
+// Row sums (H) and column sums (W) of one channel in one pass, accumulated in M. Column sums
+// accumulate vertically (vector adds, no horizontal reduction); everything the decode and its
+// gradient need follows from these marginals in O(H + W).
+template <typename T, typename M>
+LDEQ_INLINE void channel_marginals(const T* h, int64_t H, int64_t W, M* row_sum, M* col_sum,
                                    const T* next = nullptr) {
   for (int64_t c = 0; c < W; ++c) col_sum[c] = 0;
   for (int64_t r = 0; r < H; ++r) {
     const T* hr = h + r * W;
     if (next) prefetch_channel(next + r * W, W);  // the next channel, row by row
-    T s = 0;
+    M s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t c = 0; c < W; ++c) {
-      s += hr[c];
-      col_sum[c] += hr[c];
+      s += M(hr[c]);
+      col_sum[c] += M(hr[c]);
     }
     row_sum[r] = s;
   }
 }
 
-// Decode one channel (h: H*W values) into coords[0..1] and *stdv; row_sum/col_sum are scratch (H, W).
-// The variances are centred sums over the marginals (no E[c^2] - E[c]^2 cancellation).
+// Scratch of the decode: marginals in T, and in double for a float channel whose sum overflows.
 template <typename T>
-LDEQ_INLINE void decode_channel(const T* h, int64_t H, int64_t W, bool official, T* row_sum, T* col_sum, T* coords,
-                                T* stdv, const T* next = nullptr) {
+struct DecodeScratch {
+  std::vector<T> row_sum, col_sum;
+  std::vector<double> row64, col64;
+  DecodeScratch(int64_t H, int64_t W) : row_sum(H), col_sum(W), row64(H), col64(W) {}
+};
+
+// The marginals of one channel. Float channels sum in float (fast, vectorised); when the channel's
+// total does not fit in float (finite values summing past FLT_MAX, e.g. heatmaps ~3e38), or is not
+// finite, the marginals are redone in double, so the decode is that of the float64 reference.
+// Returns true when the double marginals (sc.row64 / sc.col64) hold the result.
+template <typename T>
+LDEQ_INLINE bool decode_marginals(const T* h, int64_t H, int64_t W, DecodeScratch<T>& sc, const T* next) {
+  channel_marginals(h, H, W, sc.row_sum.data(), sc.col_sum.data(), next);
+  if constexpr (std::is_same_v<T, float>) {
+    double tot = 0;
+    for (int64_t r = 0; r < H; ++r) tot += sc.row_sum[r];
+    if (!(tot <= double(std::numeric_limits<float>::max()))) {
+      channel_marginals(h, H, W, sc.row64.data(), sc.col64.data());
+      return true;
+    }
+  }
+  return false;
+}
+
+// Decode from the marginals (M: their type) into coords[0..1] and *stdv. The variances are centred
+// sums over the marginals (no E[c^2] - E[c]^2 cancellation). A total that is not finite in the
+// accumulation type (double) gives NaN coords and std, as the reference.
+template <typename T, typename M>
+LDEQ_INLINE void decode_from_marginals(const M* row_sum, const M* col_sum, int64_t H, int64_t W, bool official,
+                                       T* coords, T* stdv) {
   using acc_t = typename Acc<T>::type;
-  channel_marginals(h, H, W, row_sum, col_sum, next);
   acc_t tot = 0, mx = 0, my = 0;
   for (int64_t r = 0; r < H; ++r) {
     tot += row_sum[r];
@@ -262,6 +292,10 @@ LDEQ_INLINE void decode_channel(const T* h, int64_t H, int64_t W, bool official,
   }
   for (int64_t c = 0; c < W; ++c) mx += acc_t(col_sum[c]) * c;
   const acc_t S = tot + kDecodeEps;
+  if (!std::isfinite(S)) {
+    coords[0] = coords[1] = *stdv = std::numeric_limits<T>::quiet_NaN();
+    return;
+  }
   const acc_t x = mx / (S * W), y = my / (S * H);
   const acc_t mux = official ? x / W : x, muy = official ? y / H : y;
   acc_t vx = 0, vy = 0;
@@ -278,24 +312,28 @@ LDEQ_INLINE void decode_channel(const T* h, int64_t H, int64_t W, bool official,
   *stdv = T(std::sqrt(0.5 * (vx + vy) / S));
 }
 
+// Decode one channel (h: H*W values) into coords[0..1] and *stdv.
 template <typename T>
-struct DecodeScratch {
-  std::vector<T> row_sum, col_sum;
-  DecodeScratch(int64_t H, int64_t W) : row_sum(H), col_sum(W) {}
-};
+LDEQ_INLINE void decode_channel(const T* h, int64_t H, int64_t W, bool official, DecodeScratch<T>& sc, T* coords,
+                                T* stdv, const T* next = nullptr) {
+  if (decode_marginals(h, H, W, sc, next))
+    decode_from_marginals(sc.row64.data(), sc.col64.data(), H, W, official, coords, stdv);
+  else
+    decode_from_marginals(sc.row_sum.data(), sc.col_sum.data(), H, W, official, coords, stdv);
+}
 
-template <typename T>
-LDEQ_INLINE void decode_range(const T* hm, T* coords, T* stdv, int64_t H, int64_t W, bool official, int64_t begin,
+template <Isa isa, typename T>
+LDEQ_INLINE void decode_range_body(const T* hm, T* coords, T* stdv, int64_t H, int64_t W, bool official, int64_t begin,
                          int64_t end) {
   DecodeScratch<T> sc(H, W);
   for (int64_t ch = begin; ch < end; ++ch)
-    decode_channel(hm + ch * H * W, H, W, official, sc.row_sum.data(), sc.col_sum.data(), coords + 2 * ch, stdv + ch,
+    decode_channel(hm + ch * H * W, H, W, official, sc, coords + 2 * ch, stdv + ch,
                    ch + 1 < end ? hm + (ch + 1) * H * W : nullptr);
 }
 
 // Fused forward: the channel's heatmap is decoded while it is still in cache.
-template <typename T>
-LDEQ_INLINE void softargmax_decode_range(const T* l, const T* beta, int64_t beta_k, T* h, T* coords, T* stdv, int64_t K,
+template <Isa isa, typename T>
+LDEQ_INLINE void softargmax_decode_range_body(const T* l, const T* beta, int64_t beta_k, T* h, T* coords, T* stdv, int64_t K,
                                     int64_t H, int64_t W, bool official, int64_t begin, int64_t end) {
   // h == nullptr: coordinates only; each channel's heatmap lives in a per-thread scratch buffer.
   DecodeScratch<T> sc(H, W);
@@ -304,20 +342,17 @@ LDEQ_INLINE void softargmax_decode_range(const T* l, const T* beta, int64_t beta
   for (int64_t ch = begin; ch < end; ++ch) {
     const T* x = l + ch * n;
     T* hc = h ? h + ch * n : own.data();
-    exp_shift_vec(x, hc, n, beta[beta_k == 1 ? 0 : ch % K], vec_max(x, n), ch + 1 < end ? x + n : nullptr);
-    decode_channel(hc, H, W, official, sc.row_sum.data(), sc.col_sum.data(), coords + 2 * ch, stdv + ch);
+    exp_shift_vec<isa>(x, hc, n, beta[beta_k == 1 ? 0 : ch % K], vec_max<isa>(x, n), ch + 1 < end ? x + n : nullptr);
+    decode_channel(hc, H, W, official, sc, coords + 2 * ch, stdv + ch);
   }
 }
 
-// The decode gradient of one channel as a separable field: dL/dh(r, c) = a[c] + rv[r].
-// row_sum/col_sum are scratch (H, W).
-template <typename T>
-LDEQ_INLINE void decode_grad_field(const T* h, const T* gcoord, const T* gstd, const T* coords, const T* stdv,
-                                   int64_t H, int64_t W, bool official, T* a, T* rv, T* row_sum, T* col_sum,
-                                   const T* next = nullptr) {
+// The decode gradient of one channel as a separable field: dL/dh(r, c) = a[c] + rv[r], from its
+// marginals (M: their type, see decode_marginals).
+template <typename T, typename M>
+LDEQ_INLINE void grad_field_from_marginals(const DecodeGrad<typename Acc<T>::type>& d, const M* row_sum,
+                                           const M* col_sum, int64_t H, int64_t W, T* a, T* rv) {
   using acc_t = typename Acc<T>::type;
-  const DecodeGrad<acc_t> d(gcoord[0], gcoord[1], *gstd, coords[0], coords[1], *stdv, H, W, official);
-  channel_marginals(h, H, W, row_sum, col_sum, next);
   acc_t tot = 0, q = 0;  // T = sum h and sum h * (A0 + R0), from the marginals
   for (int64_t c = 0; c < W; ++c) {
     const acc_t a0 = d.A0(acc_t(c));
@@ -340,12 +375,25 @@ LDEQ_INLINE void decode_grad_field(const T* h, const T* gcoord, const T* gstd, c
 }
 
 template <typename T>
-LDEQ_INLINE void decode_backward_range(const T* gcoord, const T* gstd, const T* hm, const T* coords, const T* stdv, T* gh,
+LDEQ_INLINE void decode_grad_field(const T* h, const T* gcoord, const T* gstd, const T* coords, const T* stdv,
+                                   int64_t H, int64_t W, bool official, T* a, T* rv, DecodeScratch<T>& sc,
+                                   const T* next = nullptr) {
+  using acc_t = typename Acc<T>::type;
+  const DecodeGrad<acc_t> d(gcoord[0], gcoord[1], *gstd, coords[0], coords[1], *stdv, H, W, official);
+  if (decode_marginals(h, H, W, sc, next))
+    grad_field_from_marginals(d, sc.row64.data(), sc.col64.data(), H, W, a, rv);
+  else
+    grad_field_from_marginals(d, sc.row_sum.data(), sc.col_sum.data(), H, W, a, rv);
+}
+
+template <Isa isa, typename T>
+LDEQ_INLINE void decode_backward_range_body(const T* gcoord, const T* gstd, const T* hm, const T* coords, const T* stdv, T* gh,
                                   int64_t H, int64_t W, bool official, int64_t begin, int64_t end) {
-  std::vector<T> a(W), rv(H), row_sum(H), col_sum(W);
+  std::vector<T> a(W), rv(H);
+  DecodeScratch<T> sc(H, W);
   for (int64_t ch = begin; ch < end; ++ch) {
     decode_grad_field(hm + ch * H * W, gcoord + 2 * ch, gstd + ch, coords + 2 * ch, stdv + ch, H, W, official,
-                      a.data(), rv.data(), row_sum.data(), col_sum.data(),
+                      a.data(), rv.data(), sc,
                       ch + 1 < end ? hm + (ch + 1) * H * W : nullptr);
     for (int64_t r = 0; r < H; ++r) {
       T* o = gh + ch * H * W + r * W;
@@ -358,25 +406,26 @@ LDEQ_INLINE void decode_backward_range(const T* gcoord, const T* gstd, const T* 
 
 // Fused backward: dL/dh = a[c] + rv[r] (+ grad_heatmaps when given) is never written to memory;
 // it feeds the soft-argmax backward of the same channel directly.
-template <typename T>
-LDEQ_INLINE void softargmax_decode_backward_range(const T* gh_in, const T* gcoord, const T* gstd, const T* l,
+template <Isa isa, typename T>
+LDEQ_INLINE void softargmax_decode_backward_range_body(const T* gh_in, const T* gcoord, const T* gstd, const T* l,
                                              const T* beta, int64_t beta_k, const T* hm, const T* coords,
                                              const T* stdv, T* gl, T* gb, int64_t K, int64_t H, int64_t W,
                                              bool official, int64_t begin, int64_t end) {
   // hm == nullptr: the heatmaps were not stored; recompute each channel (same code as the forward,
   // so the same bits) into a per-thread scratch buffer while its logits are in cache.
-  std::vector<T> a(W), rv(H), row_sum(H), col_sum(W), acc1(W), acc2(W), acct(W);
+  std::vector<T> a(W), rv(H), acc1(W), acc2(W), acct(W);
+  DecodeScratch<T> sc(H, W);
   const int64_t n = H * W;
   std::vector<T> own(hm ? 0 : n);
   for (int64_t ch = begin; ch < end; ++ch) {
     const T *lc = l + ch * n, *gi = gh_in ? gh_in + ch * n : nullptr;
     T* out = gl + ch * n;
     const T b = beta[beta_k == 1 ? 0 : ch % K];
-    const T m = vec_max(lc, n);
+    const T m = vec_max<isa>(lc, n);
     const T* h = hm ? hm + ch * n : own.data();
-    if (!hm) exp_shift_vec(lc, own.data(), n, b, m, ch + 1 < end ? lc + n : nullptr);
+    if (!hm) exp_shift_vec<isa>(lc, own.data(), n, b, m, ch + 1 < end ? lc + n : nullptr);
     decode_grad_field(h, gcoord + 2 * ch, gstd + ch, coords + 2 * ch, stdv + ch, H, W, official, a.data(),
-                      rv.data(), row_sum.data(), col_sum.data());
+                      rv.data(), sc);
     // Column accumulators again: vector adds per row, one horizontal sum per channel at the end.
     for (int64_t c = 0; c < W; ++c) acc1[c] = acc2[c] = acct[c] = 0;
     // Stored heatmaps (no exp pass to carry the prefetches): the next channel's logits and heatmaps
@@ -431,53 +480,13 @@ LDEQ_INLINE void softargmax_decode_backward_range(const T* gh_in, const T* gcoor
 }
 
 
-#define LDEQ_TYPED_RANGES(T, SUF)                                                                                  \
-  LDEQ_CPU_CLONES void softargmax_range_##SUF(const T* l, const T* beta, int64_t beta_k, T* h, int64_t K,         \
-                                              int64_t n, int64_t begin, int64_t end) {                             \
-    softargmax_range<T>(l, beta, beta_k, h, K, n, begin, end);                                                     \
-  }                                                                                                                \
-  LDEQ_CPU_CLONES void softargmax_backward_range_##SUF(const T* g, const T* l, const T* beta, int64_t beta_k,      \
-                                                       const T* h, T* gl, T* gb, int64_t K, int64_t n,             \
-                                                       int64_t begin, int64_t end) {                               \
-    softargmax_backward_range<T>(g, l, beta, beta_k, h, gl, gb, K, n, begin, end);                                 \
-  }                                                                                                                \
-  LDEQ_CPU_CLONES void decode_range_##SUF(const T* hm, T* coords, T* stdv, int64_t H, int64_t W, bool official,    \
-                                          int64_t begin, int64_t end) {                                            \
-    decode_range<T>(hm, coords, stdv, H, W, official, begin, end);                                                 \
-  }                                                                                                                \
-  LDEQ_CPU_CLONES void softargmax_decode_range_##SUF(const T* l, const T* beta, int64_t beta_k, T* h, T* coords, \
-                                                     T* stdv, int64_t K, int64_t H, int64_t W, bool official,    \
-                                                     int64_t begin, int64_t end) {                               \
-    softargmax_decode_range<T>(l, beta, beta_k, h, coords, stdv, K, H, W, official, begin, end);                 \
-  }                                                                                                                \
-  LDEQ_CPU_CLONES void softargmax_decode_backward_range_##SUF(                                                    \
-      const T* gh_in, const T* gcoord, const T* gstd, const T* l, const T* beta, int64_t beta_k, const T* hm,      \
-      const T* coords, const T* stdv, T* gl, T* gb, int64_t K, int64_t H, int64_t W, bool official, int64_t begin, \
-      int64_t end) {                                                                                               \
-    softargmax_decode_backward_range<T>(gh_in, gcoord, gstd, l, beta, beta_k, hm, coords, stdv, gl, gb, K, H, W,  \
-                                        official, begin, end);                                                     \
-  }                                                                                                                \
-  LDEQ_CPU_CLONES void decode_backward_range_##SUF(const T* gcoord, const T* gstd, const T* hm, const T* coords,   \
-                                                   const T* stdv, T* gh, int64_t H, int64_t W, bool official,      \
-                                                   int64_t begin, int64_t end) {                                   \
-    decode_backward_range<T>(gcoord, gstd, hm, coords, stdv, gh, H, W, official, begin, end);                      \
-  }
-
-LDEQ_TYPED_RANGES(float, f32)
-LDEQ_TYPED_RANGES(double, f64)
-#undef LDEQ_TYPED_RANGES
-
-// Overloads so the AT_DISPATCH bodies below stay type-generic.
-#define LDEQ_OVERLOADS(NAME)                                                                    \
-  template <typename... A> inline void NAME##_typed(const float*, A... a) { NAME##_f32(a...); } \
-  template <typename... A> inline void NAME##_typed(const double*, A... a) { NAME##_f64(a...); }
-LDEQ_OVERLOADS(softargmax_range)
-LDEQ_OVERLOADS(softargmax_backward_range)
-LDEQ_OVERLOADS(decode_range)
-LDEQ_OVERLOADS(decode_backward_range)
-LDEQ_OVERLOADS(softargmax_decode_range)
-LDEQ_OVERLOADS(softargmax_decode_backward_range)
-#undef LDEQ_OVERLOADS
+// The run-time dispatched entry points (default / AVX2 / AVX-512, see common/cpu_dispatch.h).
+LDEQ_CPU_KERNEL(softargmax_range, softargmax_range_body)
+LDEQ_CPU_KERNEL(softargmax_backward_range, softargmax_backward_range_body)
+LDEQ_CPU_KERNEL(decode_range, decode_range_body)
+LDEQ_CPU_KERNEL(decode_backward_range, decode_backward_range_body)
+LDEQ_CPU_KERNEL(softargmax_decode_range, softargmax_decode_range_body)
+LDEQ_CPU_KERNEL(softargmax_decode_backward_range, softargmax_decode_backward_range_body)
 
 at::Tensor softargmax_cpu(const at::Tensor& logits, const at::Tensor& beta) {
   check_maps(logits, "logits");
@@ -491,7 +500,7 @@ at::Tensor softargmax_cpu(const at::Tensor& logits, const at::Tensor& beta) {
     scalar_t* hp = h.data_ptr<scalar_t>();
     const int64_t bk = b.numel();
     at::parallel_for(0, B * K, grain(n), [&](int64_t begin, int64_t end) {
-      softargmax_range_typed(lp, lp, bp, bk, hp, K, n, begin, end);
+      softargmax_range(lp, bp, bk, hp, K, n, begin, end);
     });
   });
   return h;
@@ -510,7 +519,7 @@ std::tuple<at::Tensor, at::Tensor> softargmax_backward_cpu(const at::Tensor& gra
     scalar_t *glp = gl.data_ptr<scalar_t>(), *gbp = gb.data_ptr<scalar_t>();
     const int64_t bk = b.numel();
     at::parallel_for(0, B * K, grain(n), [&](int64_t begin, int64_t end) {
-      softargmax_backward_range_typed(gp, gp, lp, bp, bk, hp, glp, gbp, K, n, begin, end);
+      softargmax_backward_range(gp, lp, bp, bk, hp, glp, gbp, K, n, begin, end);
     });
   });
   return {gl, gb};
@@ -526,7 +535,7 @@ std::tuple<at::Tensor, at::Tensor> decode_cpu(const at::Tensor& heatmaps, bool o
     const scalar_t* hp = h.data_ptr<scalar_t>();
     scalar_t *cp = coords.data_ptr<scalar_t>(), *sp = stdv.data_ptr<scalar_t>();
     at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
-      decode_range_typed(hp, hp, cp, sp, H, W, official_std, begin, end);
+      decode_range(hp, cp, sp, H, W, official_std, begin, end);
     });
   });
   return {coords, stdv};
@@ -545,7 +554,7 @@ at::Tensor decode_backward_cpu(const at::Tensor& grad_coords, const at::Tensor& 
     const scalar_t *cp = co.data_ptr<scalar_t>(), *sp = sd.data_ptr<scalar_t>();
     scalar_t* ghp = gh.data_ptr<scalar_t>();
     at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
-      decode_backward_range_typed(gcp, gcp, gsp, hp, cp, sp, ghp, H, W, official_std, begin, end);
+      decode_backward_range(gcp, gsp, hp, cp, sp, ghp, H, W, official_std, begin, end);
     });
   });
   return gh;
@@ -569,7 +578,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward_cpu(const at::Tenso
     scalar_t *cp = coords.data_ptr<scalar_t>(), *sp = stdv.data_ptr<scalar_t>();
     const int64_t bk = b.numel();
     at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
-      softargmax_decode_range_typed(lp, lp, bp, bk, hp, cp, sp, K, H, W, official_std, begin, end);
+      softargmax_decode_range(lp, bp, bk, hp, cp, sp, K, H, W, official_std, begin, end);
     });
   });
   return {h, coords, stdv};
@@ -596,7 +605,7 @@ std::tuple<at::Tensor, at::Tensor> fused_backward_cpu(const at::Tensor& grad_hea
     scalar_t *glp = gl.data_ptr<scalar_t>(), *gbp = gb.data_ptr<scalar_t>();
     const int64_t bk = b.numel();
     at::parallel_for(0, B * K, grain(H * W), [&](int64_t begin, int64_t end) {
-      softargmax_decode_backward_range_typed(lp, gip, gcp, gsp, lp, bp, bk, hp, cp, sp, glp, gbp, K, H, W,
+      softargmax_decode_backward_range(gip, gcp, gsp, lp, bp, bk, hp, cp, sp, glp, gbp, K, H, W,
                                              official_std, begin, end);
     });
   });

@@ -6,7 +6,11 @@ DECODE_EPS = 1e-4  # p = h / (sum h + 1e-4), as in the official LDEQ decoder
 
 
 def heatmap_softargmax(logits: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """(B, K, H, W) logits, beta () or (K,) -> (B, K, H, W) ``exp(beta * (l - max_spatial(l)))``."""
+    """(B, K, H, W) logits, beta () or (K,) -> (B, K, H, W) ``exp(beta * (l - max_spatial(l)))``.
+
+    NaN rule (the kernels follow it): the max is ``torch.amax``, so a NaN of either sign anywhere in
+    a channel makes the channel's max, heatmap (and so its coords and std) NaN; other channels are
+    untouched. beta is validated (finite, > 0) by the public entry points, not here."""
     b = beta.reshape(1, -1, 1, 1) if beta.dim() > 0 else beta
     return torch.exp(b * (logits - logits.amax(dim=(-2, -1), keepdim=True)))
 
@@ -20,11 +24,20 @@ def heatmap_decode(heatmaps: torch.Tensor, official_std: bool = False):
     with ``official_std``, the official release's value sqrt(0.5 a_x + 0.5 a_y) / W with
     a_x = sum(p * (col - x)^2) where x is already in [0, 1) (a second moment, kept for compatibility;
     for H != W each axis is divided by its own size).
+
+    Overflow rule (the kernels follow it): the sums are taken in float64 (float32 inputs too; float32
+    on devices without float64), then rounded to the input dtype, so a finite float32 heatmap whose
+    channel sums past FLT_MAX (values ~3e38) decodes to its true centre. A channel whose sum is not
+    finite in float64 (an inf or NaN in it, or float64 values summing past 1.8e308) gets NaN coords
+    and std.
     """
     B, K, H, W = heatmaps.shape
-    cols = torch.arange(W, dtype=heatmaps.dtype, device=heatmaps.device) / W
-    rows = torch.arange(H, dtype=heatmaps.dtype, device=heatmaps.device) / H
-    p = heatmaps / (heatmaps.sum(dim=(-2, -1), keepdim=True) + DECODE_EPS)
+    wide = torch.float32 if heatmaps.device.type == "mps" else torch.float64
+    h = heatmaps.to(wide)
+    cols = torch.arange(W, dtype=wide, device=h.device) / W
+    rows = torch.arange(H, dtype=wide, device=h.device) / H
+    S = h.sum(dim=(-2, -1), keepdim=True) + DECODE_EPS
+    p = h / S
     px = p.sum(dim=-2)  # (B, K, W) marginal over rows
     py = p.sum(dim=-1)  # (B, K, H)
     x = (px * cols).sum(-1)
@@ -33,7 +46,12 @@ def heatmap_decode(heatmaps: torch.Tensor, official_std: bool = False):
     var_x = (px * (cols - mx[..., None]) ** 2).sum(-1)
     var_y = (py * (rows - my[..., None]) ** 2).sum(-1)
     std = torch.sqrt(0.5 * var_x + 0.5 * var_y)
-    return torch.stack([x, y], dim=-1), std
+    coords = torch.stack([x, y], dim=-1)
+    finite = torch.isfinite(S[..., 0, 0])
+    nan = torch.full((), float("nan"), dtype=wide, device=h.device)
+    coords = torch.where(finite[..., None], coords, nan)
+    std = torch.where(finite, std, nan)
+    return coords.to(heatmaps.dtype), std.to(heatmaps.dtype)
 
 
 def heatmap_softargmax_decode(logits, beta, official_std: bool = False):

@@ -4,6 +4,7 @@ fake (meta) kernels for ``torch.ops.ldeq.heatmap_*``. Formulas and shapes: csrc/
 Without a compiled kernel for the input's device the pure-PyTorch reference
 (:mod:`ldeq.ops._reference`) runs instead, with a one-time warning.
 """
+import math
 from typing import Tuple, Union
 
 import torch
@@ -36,6 +37,8 @@ def _as_beta(beta, logits: Tensor) -> Tensor:
     K = logits.shape[1]
     dtype = _compute_dtype(logits)
     if isinstance(beta, (int, float)) and not isinstance(beta, bool):
+        if not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be finite and > 0, got {beta}")
         return torch.tensor(float(beta), dtype=dtype, device=logits.device)
     if not torch.is_tensor(beta):
         raise TypeError(f"beta must be a float or a tensor of shape () or (K,) = ({K},), got {type(beta).__name__}")
@@ -45,7 +48,22 @@ def _as_beta(beta, logits: Tensor) -> Tensor:
         raise TypeError(f"beta must be a floating-point tensor, got dtype {beta.dtype}")
     if not (beta.numel() == 1 and beta.dim() <= 1) and tuple(beta.shape) != (K,):
         raise ValueError(f"beta must be a scalar or have shape (K,) = ({K},), got shape {tuple(beta.shape)}")
+    _check_beta_values(beta)
     return beta.to(dtype)
+
+
+def _check_beta_values(beta: Tensor) -> None:
+    """beta must be finite and > 0 (else the heatmaps are NaN or exceed 1). The check reads the tensor on
+    the host, so it is skipped while torch.compile traces and while a CUDA graph is being captured."""
+    if torch.compiler.is_compiling():
+        return
+    if beta.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return
+    b = beta.detach()
+    if not bool((torch.isfinite(b) & (b > 0)).all()):
+        bad = b[~(torch.isfinite(b) & (b > 0))].flatten()[:4].tolist()
+        raise ValueError(f"beta must be finite and > 0, got {'values ' if b.numel() > 1 else ''}"
+                         f"{bad if b.numel() > 1 else bad[0]}")
 
 
 def _use_kernel(op: str, t: Tensor) -> bool:
@@ -58,7 +76,8 @@ def heatmap_softargmax(logits: Tensor, beta: Union[float, Tensor] = 1.0) -> Tens
 
     Args:
         logits: (B, K, H, W) floating tensor (any strides).
-        beta: a float, a tensor of shape () / (1,), or (K,) (one per landmark, may require grad).
+        beta: a float, a tensor of shape () / (1,), or (K,) (one per landmark, may require grad);
+            finite and > 0, else ValueError.
     Returns:
         (B, K, H, W) heatmaps in (0, 1] with peak 1, in ``logits``' dtype. Differentiable with
         respect to ``logits`` and ``beta`` (ties at the max share its gradient evenly, as ``amax``).
