@@ -103,7 +103,7 @@ def test_synth_and_eval_commands(env, tmp_path, capsys):
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res) == {"easy", "hard"}
-    assert [r["method"] for r in res["hard"]] == ["off", "warm", "prox", "off+ema", "off+kalman"]
+    assert [r["method"] for r in res["hard"]] == ["off", "warm", "prox", "adaptive", "off+ema", "off+kalman"]
     assert all(np.isfinite(r["nme"]) and np.isfinite(r["nmf"]) for r in res["hard"])
     assert "| off+kalman |" in (out / "table.md").read_text()
     assert main(["eval", str(root), "--checkpoint", str(env / "tiny.pt"), "--modes", "off,turbo"]) == 2

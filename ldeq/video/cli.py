@@ -42,6 +42,11 @@ _RWR_HELP = {
     "max_iter_warm": "iterations per frame in mode warm",
     "max_iter_prox": "iterations per frame in mode prox",
     "gamma": "prox weight on ||z - z*_{t-1}||^2 (finite, >= 0)",
+    "max_iter_adaptive": "iterations per frame in mode adaptive",
+    "adaptive_gamma": "mode adaptive: memory weight of a landmark the frame does not move (more: less flicker, "
+                      "more lag; docs/video.md)",
+    "adaptive_speed": "mode adaptive: landmark displacement in crop units at which its weight falls to half "
+                      "(less: follows motion sooner)",
 }
 
 
@@ -283,7 +288,7 @@ def run_eval(argv: List[str]) -> int:
     p.add_argument("--split", choices=["easy", "hard", "all"], default="all",
                    help="'all' reports easy and hard separately (default)")
     p.add_argument("--split-dir", default=None, help="folder with {easy,hard}_video_IDs.txt (default: the official lists)")
-    p.add_argument("--modes", default="off,warm,prox", help="comma-separated RwR modes")
+    p.add_argument("--modes", default="off,warm,prox,adaptive", help="comma-separated RwR modes (default off,warm,prox,adaptive)")
     p.add_argument("--filters", default=",".join(DEFAULT_FILTERS),
                    help="comma-separated filters applied to the 'off' predictions ('' for none)")
     p.add_argument("--max-videos", type=positive_int, default=None, help="first N videos of each split (quick runs)")
