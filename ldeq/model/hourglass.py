@@ -3,11 +3,15 @@
 Module names (same1, upchan1, ..., bottlneck [sic], downchan1..8, same5..8) and registration order
 match the official state_dict so official checkpoints load strictly.
 """
+from typing import Callable, Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import Conv
+
+ConvApply = Callable[[Conv, torch.Tensor], torch.Tensor]
 
 
 class Hourglass(nn.Module):
@@ -45,19 +49,28 @@ class Hourglass(nn.Module):
         self.downchan8 = Conv(2 * w0, w0, 1, **kw)
         self.same8 = Conv(w0, w0, 5, **kw)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor, conv: Optional[ConvApply] = None) -> torch.Tensor:
+        """x (B, w, S, S) -> (B, w, S, S). ``conv(block, t)`` applies one Conv block (default
+        ``block(t)``); the packed inference path (:mod:`ldeq.model.fast`) passes its own."""
+        c = conv or _call
         skips = []
         for same, up in ((self.same1, self.upchan1), (self.same2, self.upchan2),
                          (self.same3, self.upchan3), (self.same4, self.upchan4)):
-            s = same(x)
+            s = c(same, x)
             skips.append(s)
-            x = up(F.avg_pool2d(s, 2, 2))
-        x = self.bottlneck(x)
+            x = c(up, F.avg_pool2d(s, 2, 2))
+        x = c(self.bottlneck, x)
         for skip, down, merge, same in ((skips[3], self.downchan1, self.downchan2, self.same5),
                                         (skips[2], self.downchan3, self.downchan4, self.same6),
                                         (skips[1], self.downchan5, self.downchan6, self.same7),
                                         (skips[0], self.downchan7, self.downchan8, self.same8)):
-            up = F.interpolate(down(x), scale_factor=2, mode="nearest")
-            m = merge(torch.cat((skip, up), 1))
-            x = same(m) + m
+            up = F.interpolate(c(down, x), scale_factor=2, mode="nearest")
+            m = c(merge, torch.cat((skip, up), 1))
+            y = c(same, m)
+            # without autograd the block's fresh output takes the residual in place
+            x = y.add_(m) if not torch.is_grad_enabled() and y.dtype == m.dtype else y + m
         return x
+
+
+def _call(block: Conv, x: torch.Tensor) -> torch.Tensor:
+    return block(x)

@@ -1,4 +1,5 @@
 """Building blocks of the official LDEQ: the ``Conv`` block and the soft-argmax heatmap normalisation."""
+import contextlib
 import math
 
 import torch
@@ -47,6 +48,18 @@ class Conv(nn.Module):
         return self.norm(x)
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # older torch: no device argument
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def _no_autocast(device_type: str):
+    """Autocast off on ``device_type`` (a no-op context where autocast is not enabled)."""
+    return torch.autocast(device_type, enabled=False) if _autocast_on(device_type) else contextlib.nullcontext()
+
+
 def _softplus_inverse(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
@@ -70,14 +83,31 @@ class SoftArgmaxNorm(nn.Module):
             self.beta = float(beta)
 
     def effective_beta(self):
-        """() float or (C,) tensor: the inverse temperature actually applied."""
-        return F.softplus(self.raw_beta) if self.learn else self.beta
+        """() float or (C,) tensor: the inverse temperature actually applied (a learned beta is
+        computed in the parameter's dtype even under autocast)."""
+        if not self.learn:
+            return self.beta
+        with _no_autocast(self.raw_beta.device.type):
+            return F.softplus(self.raw_beta)
 
     def forward(self, h):
-        beta = self.effective_beta()
-        if torch.is_tensor(beta):
-            beta = beta.to(h.dtype)
-        return heatmap_softargmax(h, beta)
+        """h (B, C, H, W) -> (B, C, H, W) heatmaps.
+
+        Under autocast the normalisation runs in float32 with a float32 beta and returns float32
+        (whatever dtype autocast gave ``h``): the heatmaps are the DEQ state, which must not be
+        rounded to the autocast dtype on every application of the cell. Without autocast the
+        output has ``h``'s dtype.
+        """
+        low = _autocast_on(h.device.type) and h.dtype in (torch.float16, torch.bfloat16)
+        with _no_autocast(h.device.type):
+            beta = self.effective_beta()
+            if low:
+                h = h.float()
+                if torch.is_tensor(beta):
+                    beta = beta.float()
+            elif torch.is_tensor(beta):
+                beta = beta.to(h.dtype)
+            return heatmap_softargmax(h, beta)
 
     def extra_repr(self):
         return f"channels={self.channels}, " + ("learned beta" if self.learn else f"beta={self.beta}")

@@ -11,11 +11,13 @@ from typing import List, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ldeq.ops import heatmap_decode
 from ldeq.solvers import SolverStats
 from ldeq.solvers.deq import GRAD_MODES
 
+from . import fast
 from .config import LDEQConfig
 from .hourglass import Hourglass
 from .layers import Conv, SoftArgmaxNorm, _Identity
@@ -47,11 +49,17 @@ def make_backbone(cfg: LDEQConfig) -> nn.Sequential:
                          nn.MaxPool2d(2, 2), Conv(W // 2, W, 3, 1, norm=n))
 
 
+def _activation_layout(t: torch.Tensor) -> torch.Tensor:
+    """Channels-last on CPU (oneDNN's fast layout for these convolutions), unchanged elsewhere."""
+    return t.contiguous(memory_format=torch.channels_last) if t.device.type == "cpu" and t.dim() == 4 else t
+
+
 class Cell(nn.Module):
     """f(z, x): (B, Z, S, S), (B, W, S, S) -> (B, Z, S, S) normalised heatmaps in (0, 1] (official Cell0)."""
 
     def __init__(self, cfg: LDEQConfig):
         super().__init__()
+        self.z_width = cfg.z_width
         kw = dict(norm=cfg.cell_norm_layer, gn_groups=cfg.cell_gn_groups)
         self.tail = Conv(cfg.z_width + cfg.injection_width, cfg.cell_base_width, 1, **kw)
         self.hourglass = Hourglass(cfg.cell_base_width, cfg.cell_width_increment, **kw)
@@ -60,9 +68,33 @@ class Cell(nn.Module):
                                                     cfg.cell_learn_softargmax_beta)
                                      if cfg.cell_norm == "softargmax" else _Identity())
 
-    def forward(self, z, injection):
-        out = self.tail(torch.cat([z, injection], dim=1))  # order [z, x] as in the official cell
-        return self.features_to_heatmaps(self.head(self.hourglass(out)))
+    def forward(self, z: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        """z (B, Z, S, S), injection x (B, W, S, S) -> (B, Z, S, S); = ``step(z, inject(x))``."""
+        return self.step(z, self.inject(injection))
+
+    def inject(self, injection: torch.Tensor) -> torch.Tensor:
+        """x (B, W, S, S) -> c (B, w, S, S): the injection's constant part of the first 1x1 conv.
+
+        The official cell convolves concat[z, x]; that equals W_z * z + (W_x * x + bias), and the
+        bracket does not change during a solve: compute it once per solve, then call ``step``.
+        """
+        conv = self.tail.conv
+        return F.conv2d(injection, conv.weight[:, self.z_width:], conv.bias)
+
+    def step(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """One application of f given c = ``inject(x)``: z (B, Z, S, S) -> (B, Z, S, S).
+
+        Without autograd in float32 on CPU the packed path runs (:mod:`ldeq.model.fast`: prepacked
+        oneDNN weights, conv + LeakyReLU fused, channels-last); otherwise the plain modules.
+        """
+        if fast.use_packed(z):
+            return fast.packed_cell(self).step(z, c)
+        if c.is_contiguous(memory_format=torch.channels_last) and c.dim() == 4:
+            z = z.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(z, self.tail.conv.weight[:, :self.z_width]) + c
+        if self.tail.act:
+            y = F.leaky_relu(y, 0.01)
+        return self.features_to_heatmaps(self.head(self.hourglass(self.tail.norm(y))))
 
 
 def solver_options(cfg: LDEQConfig, solver: str) -> dict:
@@ -84,15 +116,19 @@ class DEQLayer(nn.Module):
 
     def forward(self, x, z0, *, mode, solver, max_iter, tol, stop_mode, extra_step, grad,
                 save_trajectory=False, deq_kwargs=None):
-        """x (B, W, S, S), z0 (B, Z, S, S) -> (z (B, Z, S, S), SolverStats, trajectory list)."""
+        """x (B, W, S, S), z0 (B, Z, S, S) -> (z (B, Z, S, S), SolverStats, trajectory list).
+
+        f is ``cell.step(z, c)`` with c = ``cell.inject(x)`` computed once (it carries the gradient
+        to x and the injection half of the first conv's weight)."""
+        c = self.cell.inject(x)  # the injection's half of the first 1x1 conv: once per solve
         if mode == "explicit":
-            return self._explicit(lambda z: self.cell(z, x), z0, save_trajectory)
+            return self._explicit(lambda z: self.cell.step(z, c), z0, save_trajectory)
         cfg = self.cfg
         skw = solver_options(cfg, solver)
         stochastic = self.training and cfg.stochastic_max_iter
         if save_trajectory and not stochastic:  # solver iterates at every iteration (best so far)
             skw["trajectory"] = list(range(1, max_iter + 1))
-        z, stats = run_deq(self.cell, z0, x, solver=solver, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
+        z, stats = run_deq(self.cell.step, z0, c, solver=solver, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
                            solver_kwargs=skw, grad=grad, extra_step=extra_step,
                            stochastic_max_iter=stochastic, **(deq_kwargs or {}))
         traj = getattr(stats, "trajectory", None) or {}
@@ -128,8 +164,16 @@ class LDEQ(nn.Module):
 
     # -- pieces, usable on their own -----------------------------------------------------------
     def injection(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 4S, 4S) -> (B, W, S, S) backbone features."""
-        return self.tail(self._check_images(images))
+        """(B, 3, 4S, 4S) -> (B, W, S, S) backbone features (channels-last on CPU)."""
+        return self.tail(_activation_layout(self._check_images(images)))
+
+    def cell_inject(self, injection: torch.Tensor) -> torch.Tensor:
+        """(B, W, S, S) injection -> c (B, w, S, S), its constant part of the cell's first conv."""
+        return self.deq_layer.cell.inject(injection)
+
+    def cell_step(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """f given c = ``cell_inject(x)``: (B, Z, S, S) -> (B, Z, S, S); = ``cell(z, x)``."""
+        return self.deq_layer.cell.step(z, c)
 
     def cell(self, z: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
         """One application of f: (B, Z, S, S), (B, W, S, S) -> (B, Z, S, S)."""

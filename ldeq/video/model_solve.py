@@ -33,7 +33,9 @@ class LDEQSolve:
         self.std = torch.tensor(IMAGENET_STD, dtype=p.dtype, device=p.device).view(1, 3, 1, 1)
         self.solver, self.tol = solver, tol
         self.image_size = model.cfg.image_size
-        self._warm = CellSolve(inject=model.injection, cell=model.cell, decode=lambda z: model.decode(z)[1],
+        # x = the cell's injection constant (computed once per frame), f(z) = model.cell_step(z, x)
+        self._warm = CellSolve(inject=lambda im: model.cell_inject(model.injection(im)), cell=model.cell_step,
+                               decode=lambda z: model.decode(z)[1],
                                zeros=lambda x: model.zeros_z0(x.shape[0], x), solver=fixed_budget_iteration,
                                final_step=model.cfg.extra_step)
 

@@ -1,0 +1,198 @@
+"""The LDEQ cell's fast inference path on CPU: prepacked oneDNN weights, convolution + LeakyReLU
+fused, channels-last activations.
+
+What ``torch.compile`` with freezing does for the convolutions, without compiling: each Conv
+block's weight is reordered once into oneDNN's blocked layout (``mkldnn_reorder_conv2d_weight``)
+and applied with ``torch.ops.mkldnn._convolution_pointwise`` (bias and LeakyReLU fused), so no
+call pays a weight reorder, none falls back to ``aten::_slow_conv2d_forward`` (which plain
+``F.conv2d`` picks for small maps at batch 1 and for 1x1 kernels at one thread), and the
+activations stay channels-last from the cell's first 1x1 convolution to its head. The norms,
+pooling, upsampling, residual adds and the soft-argmax are the modules' own.
+
+The packed weights are a cache of the parameters, never state: kept outside the module (a
+``WeakKeyDictionary`` keyed by the Cell), rebuilt whenever a convolution weight changes
+(``Tensor._version`` / storage, so an optimizer step or ``load_state_dict`` invalidates them),
+and used only where they cannot be wrong: autograd off, no autocast, float32 on CPU, not while
+tracing with ``torch.compile``, oneDNN present and ``LDEQ_PACKED_CELL`` not ``0``. Everywhere else
+the cell runs its plain modules (the clean fallback), with the same values up to float32
+rounding (tested).
+"""
+import os
+import weakref
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .layers import Conv, _autocast_on
+
+__all__ = ["packed_available", "use_packed", "packed_cell", "set_packed_enabled"]
+
+_ENABLED = os.environ.get("LDEQ_PACKED_CELL", "1") != "0"
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+CHANNELS_LAST = torch.channels_last
+
+
+def set_packed_enabled(enabled: bool) -> bool:
+    """Switch the packed path on or off for this process; returns the previous setting."""
+    global _ENABLED
+    prev, _ENABLED = _ENABLED, bool(enabled)
+    return prev
+
+
+def packed_available() -> bool:
+    """True when this torch build has oneDNN and the fused pointwise convolution op."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+                    and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_AVAILABLE = packed_available()
+
+
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # older torch
+        return False
+
+
+def use_packed(z: torch.Tensor) -> bool:
+    """Whether a cell call on state ``z`` may take the packed path (see module docstring)."""
+    return (_ENABLED and _AVAILABLE and z.device.type == "cpu" and z.dtype == torch.float32
+            and not torch.is_grad_enabled() and not _compiling() and not _autocast_on("cpu"))
+
+
+class _PackedConv:
+    """One Conv block with its weight in oneDNN's layout: (B, Cin, H, W) -> (B, Cout, H', W')
+    channels-last, = block(x) up to float32 rounding."""
+
+    def __init__(self, block: Conv, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                 act: Optional[bool] = None):
+        conv = block.conv
+        self.weight = (conv.weight if weight is None else weight).detach()
+        self.bias = None if bias is False else (conv.bias if bias is None else bias)
+        self.bias = None if self.bias is None else self.bias.detach()
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        act = block.act if act is None else act
+        self.attr, self.scalars = ("leaky_relu", [0.01]) if act else ("none", [])
+        self.norm = block.norm
+        self._packed: Dict[Tuple[int, ...], torch.Tensor] = {}
+
+    def _pack(self, shape: Tuple[int, ...]) -> torch.Tensor:
+        w = self._packed.get(shape)
+        if w is None:
+            w = torch._C._nn.mkldnn_reorder_conv2d_weight(self.weight.contiguous().to_mkldnn(), self.padding,
+                                                          self.stride, self.dilation, self.groups, list(shape))
+            self._packed[shape] = w
+        return w
+
+    def conv(self, x: torch.Tensor, attr: Optional[str] = None) -> torch.Tensor:
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self._pack(tuple(x.shape)), self.bias, self.padding, self.stride, self.dilation, self.groups,
+            self.attr if attr is None else attr, self.scalars if attr is None else [], "")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return norm(self.norm, self.conv(x))
+
+
+def norm(module: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``module(y)`` for a channels-last y; a one-group GroupNorm takes its statistics from
+    ``torch.var_mean`` over the sample (two-pass accurate) and applies them with the affine in one
+    pass. torch's channels-last GroupNorm kernel computes E[y^2] - E[y]^2 and loses about 18x more
+    (measured 9e-6 against 5e-7 for the NCHW kernel on maps with mean 5, std 3)."""
+    if not (isinstance(module, torch.nn.GroupNorm) and module.num_groups == 1 and y.dim() == 4
+            and y.is_contiguous(memory_format=CHANNELS_LAST)):
+        return module(y)
+    B, C = y.shape[:2]
+    var, mean = torch.var_mean(y.permute(0, 2, 3, 1).reshape(B, -1), dim=1, correction=0)
+    rstd = torch.rsqrt(var + module.eps).view(B, 1, 1, 1)
+    mean = mean.view(B, 1, 1, 1)
+    if module.affine:
+        scale = module.weight.view(1, C, 1, 1) * rstd
+        shift = module.bias.view(1, C, 1, 1) - mean * scale
+    else:
+        scale, shift = rstd, -mean * rstd
+    return torch.addcmul(shift, y, scale)
+
+
+class PackedCell:
+    """The packed twin of a :class:`ldeq.model.ldeq.Cell` for one set of weights.
+
+    ``step(z, c)``: z (B, Z, S, S), c = ``cell.inject(x)`` (B, w, S, S) -> (B, Z, S, S), the value
+    of ``cell.step(z, c)``. The first 1x1 convolution sees only z: its injection half (and bias) is
+    the constant c, computed once per solve.
+    """
+
+    def __init__(self, cell, key):
+        self.key = key  # no reference to the cell itself: the cache is keyed weakly by it
+        self.tail_norm, self.hourglass, self.to_heatmaps = cell.tail.norm, cell.hourglass, cell.features_to_heatmaps
+        Z = cell.z_width
+        # z half of the tail conv: no bias (it is in c), activation after adding c
+        self.tail_z = _PackedConv(cell.tail, weight=cell.tail.conv.weight[:, :Z], bias=False, act=False)
+        self.tail_act = cell.tail.act
+        self.blocks = {id(m): _PackedConv(m) for m in cell.hourglass.modules() if isinstance(m, Conv)}
+        self.head = _PackedConv(cell.head)
+
+    def _apply(self, block: Conv, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks[id(block)](x)
+
+    def step(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        t = self.tail_z
+        z = z.contiguous(memory_format=CHANNELS_LAST)
+        y = torch.ops.mkldnn._convolution_pointwise.binary(  # conv(z, W_z) + c in one pass
+            z, c.contiguous(memory_format=CHANNELS_LAST), t._pack(tuple(z.shape)), None, t.padding, t.stride,
+            t.dilation, t.groups, "add", None, None, [], None)
+        if self.tail_act:
+            torch.nn.functional.leaky_relu_(y, 0.01)
+        y = norm(self.tail_norm, y)
+        y = self.hourglass(y, conv=self._apply)
+        return self.to_heatmaps(self.head(y))
+
+
+def _weights_key(cell) -> Tuple:
+    return tuple((p.data_ptr(), p._version) for p in cell.parameters())
+
+
+def packed_cell(cell) -> PackedCell:
+    """The cell's PackedCell for its current weights (built on first use and after any change)."""
+    key = _weights_key(cell)
+    pc = _CACHE.get(cell)
+    if pc is None or pc.key != key:
+        pc = PackedCell(cell, key)
+        _CACHE[cell] = pc
+    return pc
+
+
+# ----------------------------------------------------------------------------------- sync-free steps
+def warm_step(model, images: torch.Tensor, z0: torch.Tensor, max_iter: int,
+              extra_step: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The RwR step with no host synchronisation: normalised images (B, 3, 4S, 4S) and the previous
+    state z0 (B, Z, S, S) -> keypoints (B, K, 2), state (B, Z, S, S).
+
+    Exactly ``max_iter`` applications of f from z0, then the extra final step (the official video
+    setting, what :class:`ldeq.video.model_solve.LDEQSolve` runs for a warm frame), with no input
+    checks, no residuals and no data-dependent branch: nothing reads a device value back, so on
+    CUDA the call can be captured as a CUDA graph, and ``torch.compile(fullgraph=True)`` traces it
+    whole. Validate inputs before a loop of such steps (``model.injection`` does for one call).
+    """
+    c = model.cell_inject(model.tail(images.contiguous(memory_format=CHANNELS_LAST)
+                                     if images.device.type == "cpu" else images))
+    z = z0
+    for _ in range(int(max_iter) + int(bool(extra_step))):
+        z = model.cell_step(z, c)
+    return model.decode(z)[1], z
+
+
+def fixed_budget_solve(model, images: torch.Tensor, max_iter: int,
+                       extra_step: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A fixed-budget solve from zeros with no host synchronisation (tol=0 with 'fixed_point_last':
+    the last iterate after ``max_iter`` steps, then the extra final step): images (B, 3, 4S, 4S) ->
+    keypoints (B, K, 2), state (B, Z, S, S). See :func:`warm_step`."""
+    S = model.cfg.heatmap_size
+    z0 = torch.zeros(images.shape[0], model.cfg.z_width, S, S, dtype=images.dtype, device=images.device)
+    return warm_step(model, images, z0, max_iter, extra_step)
