@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 CSRC    = $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: setup build test demo bench clean
+.PHONY: setup build test demo bench wheel-check ci clean
 
 setup: $(VENV)/.deps build
 
@@ -33,6 +33,15 @@ demo: setup
 
 bench: setup
 	$(PY) -m pytest -q benchmarks/bench_*.py --benchmark-only
+
+# Packaging smoke test: wheel from `pip wheel --no-build-isolation .`, installed with its
+# dependencies into a fresh virtualenv, then import-and-run from outside the checkout.
+wheel-check: setup
+	PY=$(abspath $(PY)) .ci/wheel_smoke.sh
+
+# What CI runs: a fresh clone of HEAD in a temporary directory, `make test` (FORCE_CUDA=1), wheel-check.
+ci:
+	.ci/run
 
 clean:
 	rm -rf build *.egg-info ldeq/*.so $(VENV)/.built
