@@ -129,8 +129,9 @@ setup(
     ext_modules=make_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     # Every third-party module the package imports at run time (cv2 = opencv-python-headless,
-    # yaml = pyyaml). torch: the extension is compiled against the torch already installed.
-    install_requires=["torch>=2.4", "numpy", "scipy", "tqdm", "pyyaml", "matplotlib",
+    # yaml = pyyaml). torch: pinned to the release the extension is compiled against (its C++ ABI
+    # changes between releases; a wheel built here must not be installed beside another torch).
+    install_requires=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "scipy", "tqdm", "pyyaml", "matplotlib",
                       "opencv-python-headless>=4.8,<5"],
     # Tests and benchmarks compare against TorchDEQ's internals, iterate for iterate: pinned to the
     # version they were written against.
