@@ -123,6 +123,8 @@ setup(
     version="0.1.0",
     description="Deep equilibrium solvers, the Landmark DEQ and the RwR video pipeline, with C++/CUDA kernels",
     python_requires=">=3.10",
+    license="BSD-3-Clause",  # SPDX; the official LDEQ weights are not part of ldeq (README, Licence)
+    license_files=["LICENSE"],
     packages=find_packages(include=["ldeq", "ldeq.*"]) + ["ldeq.solvers"],
     package_dir={"ldeq": "ldeq", "ldeq.solvers": "solvers"},
     package_data={"ldeq": ["resources/*", "resources/**/*"]},
