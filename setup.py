@@ -127,7 +127,7 @@ setup(
     license_files=["LICENSE"],
     packages=find_packages(include=["ldeq", "ldeq.*"]) + ["ldeq.solvers"],
     package_dir={"ldeq": "ldeq", "ldeq.solvers": "solvers"},
-    package_data={"ldeq": ["resources/*", "resources/**/*"]},
+    package_data={"ldeq": ["resources/*", "resources/**/*"], "ldeq.solvers": ["py.typed"]},
     ext_modules=make_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     # Every third-party module the package imports at run time (cv2 = opencv-python-headless,

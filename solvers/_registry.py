@@ -1,5 +1,5 @@
 """Name -> solver registry (``get_solver('anderson')``), TorchDEQ-style."""
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 from .anderson import anderson
 from .broyden import broyden
@@ -14,7 +14,7 @@ _RETIRED = {"fpi": "'fixed_point' (per-sample stop, lowest-residual iterate) or 
                    "(the official LDEQ loop: last iterate, batch-mean stop)"}
 
 
-def available_solvers():
+def available_solvers() -> List[str]:
     """Sorted names get_solver accepts (aliases included)."""
     return sorted(set(_SOLVERS) | set(_ALIASES))
 
