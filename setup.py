@@ -138,8 +138,9 @@ setup(
     # Tests and benchmarks compare against TorchDEQ's internals, iterate for iterate: pinned to the
     # version they were written against.
     extras_require={
-        "test": ["pytest>=8", "torchdeq==0.1.0"],
+        "test": ["pytest>=8", "torchdeq==0.1.0", "onnx>=1.16", "onnxruntime>=1.18"],
         "bench": ["pytest>=8", "pytest-benchmark>=4", "torchdeq==0.1.0"],
+        "export": ["onnx>=1.16"],  # `ldeq export --onnx` (torch.onnx needs the onnx package)
     },
     entry_points={"console_scripts": ["ldeq=ldeq.cli:main"]},
 )
