@@ -80,6 +80,7 @@ class _PackedConv:
         act = block.act if act is None else act
         self.attr, self.scalars = ("leaky_relu", [0.01]) if act else ("none", [])
         self.norm = block.norm
+        self.norm_cache: dict = {}
         self._packed: Dict[Tuple[int, ...], torch.Tensor] = {}
 
     def _pack(self, shape: Tuple[int, ...]) -> torch.Tensor:
@@ -97,27 +98,31 @@ class _PackedConv:
             self.attr if attr is None else attr, self.scalars if attr is None else [], "")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return norm(self.norm, self.conv(x))
+        return norm(self.norm, self.conv(x), self.norm_cache)
 
 
-def norm(module: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """``module(y)`` for a channels-last y; a one-group GroupNorm takes its statistics from
-    ``torch.var_mean`` over the sample (two-pass accurate) and applies them with the affine in one
-    pass. torch's channels-last GroupNorm kernel computes E[y^2] - E[y]^2 and loses about 18x more
-    (measured 9e-6 against 5e-7 for the NCHW kernel on maps with mean 5, std 3)."""
+def norm(module: torch.nn.Module, y: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
+    """``module(y)`` for a channels-last y (B, C, H, W). A one-group GroupNorm normalises over
+    (C, H, W), which in channels-last memory is a LayerNorm over the contiguous (H, W, C) block, with
+    the per-channel affine expanded to (H, W, C) (kept in ``cache`` per shape). torch's
+    channels-last GroupNorm kernel computes E[y^2] - E[y]^2 and loses about 10x more (measured on
+    224x64x64 maps with mean 5, std 3: 2.1e-5 against 2.5e-6 here and 1.1e-6 for the NCHW kernel),
+    at the same speed as this (0.32 vs 0.35 ms, one thread)."""
     if not (isinstance(module, torch.nn.GroupNorm) and module.num_groups == 1 and y.dim() == 4
             and y.is_contiguous(memory_format=CHANNELS_LAST)):
         return module(y)
-    B, C = y.shape[:2]
-    var, mean = torch.var_mean(y.permute(0, 2, 3, 1).reshape(B, -1), dim=1, correction=0)
-    rstd = torch.rsqrt(var + module.eps).view(B, 1, 1, 1)
-    mean = mean.view(B, 1, 1, 1)
-    if module.affine:
-        scale = module.weight.view(1, C, 1, 1) * rstd
-        shift = module.bias.view(1, C, 1, 1) - mean * scale
-    else:
-        scale, shift = rstd, -mean * rstd
-    return torch.addcmul(shift, y, scale)
+    B, C, H, W = y.shape
+    key = (id(module), H, W)
+    wb = None if cache is None else cache.get(key)
+    if wb is None:
+        if module.affine:
+            wb = tuple(t.detach().view(1, 1, C).expand(H, W, C).contiguous() for t in (module.weight, module.bias))
+        else:
+            wb = (None, None)
+        if cache is not None:
+            cache[key] = wb
+    out = torch.nn.functional.layer_norm(y.permute(0, 2, 3, 1), (H, W, C), wb[0], wb[1], module.eps)
+    return out.permute(0, 3, 1, 2)
 
 
 class PackedCell:
@@ -149,7 +154,7 @@ class PackedCell:
             t.dilation, t.groups, "add", None, None, [], None)
         if self.tail_act:
             torch.nn.functional.leaky_relu_(y, 0.01)
-        y = norm(self.tail_norm, y)
+        y = norm(self.tail_norm, y, self.tail_z.norm_cache)
         y = self.hourglass(y, conv=self._apply)
         return self.to_heatmaps(self.head(y))
 

@@ -213,7 +213,8 @@ class LDEQ(nn.Module):
         if grad not in GRAD_MODES:
             raise ValueError(f"grad={grad!r}: expected one of {GRAD_MODES}")
         x = self.injection(images)
-        z0 = self.zeros_z0(x.shape[0], x) if z0 is None else self._check_z0(z0, x)
+        # the state has the images' (= the model's) dtype: float32 even when autocast runs the backbone in bf16
+        z0 = self.zeros_z0(x.shape[0], images) if z0 is None else self._check_z0(z0, images)
         z, stats, traj = self.deq_layer(
             x, z0, mode=mode, solver=cfg.solver if solver is None else solver,
             max_iter=cfg.max_iter if max_iter is None else int(max_iter),
