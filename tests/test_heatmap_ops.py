@@ -113,17 +113,48 @@ def test_extreme_logits_and_ties(device, dtype, path):
 
 
 @path_param
-def test_nan_logits_poison_their_channel_only(device, path):
-    # as torch.amax: a NaN anywhere in a channel makes its max, heatmap, coords and std NaN
+@pytest.mark.parametrize("nan_bits", [0x7FC00000, 0xFFC00000, 0x7F800001])  # +NaN, -NaN (inf - inf), signalling
+def test_nan_logits_poison_their_channel_only(device, path, nan_bits):
+    # as torch.amax: a NaN of either sign anywhere in a channel makes its max, heatmap, coords and std NaN
     torch.manual_seed(4)
     logits = torch.randn(2, 3, 9, 7, device=device)
-    logits[0, 1, 4, 2] = float("nan")
+    nan = torch.tensor([nan_bits], dtype=torch.int64).to(torch.int32).view(torch.float32).to(device)
+    logits[0, 1, 4, 2] = nan[0]
+    assert torch.isnan(logits[0, 1, 4, 2])
     h, c, s = PATHS[path](logits, 1.5)
     h64, c64, s64 = _ref64(logits, 1.5)
     assert torch.isnan(h[0, 1]).all() and torch.isnan(c[0, 1]).all() and torch.isnan(s[0, 1])
     torch.testing.assert_close(h.double().cpu(), h64, equal_nan=True, **F32)
     torch.testing.assert_close(c.double().cpu(), c64, equal_nan=True, **F32)
     torch.testing.assert_close(s.double().cpu(), s64, equal_nan=True, **F32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_decode_overflow_rule(device, dtype):
+    # finite float32 heatmaps summing past FLT_MAX decode to the float64 answer (kernel and reference);
+    # a channel whose float64 sum is not finite (an inf in it) gives NaN coords and std
+    torch.manual_seed(7)
+    h = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    h[0, 0] = 3e38
+    h[0, 1] *= 3.4e38
+    h[1, 2, 5, 5] = float("inf")
+    h = h.to(device, dtype)
+    c, s = heatmap_decode(h)
+    c64, s64 = ref.heatmap_decode(h.double().cpu())
+    assert torch.isfinite(c[:, :2]).all() and torch.isfinite(c[0]).all()
+    assert torch.isnan(c[1, 2]).all() and torch.isnan(s[1, 2])
+    tol = F32 if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(c.double().cpu(), c64, equal_nan=True, **tol)
+    torch.testing.assert_close(s.double().cpu(), s64, equal_nan=True, **tol)
+
+
+@pytest.mark.parametrize("beta", [float("inf"), float("nan"), -0.5, 0.0])
+def test_beta_must_be_finite_and_positive(device, beta):
+    logits = torch.randn(1, 2, 4, 4, device=device)
+    for b in (beta, torch.tensor(beta, device=device), torch.tensor([1.0, beta], device=device)):
+        for fn in (heatmap_softargmax, heatmap_softargmax_decode, heatmap_softargmax_coords):
+            with pytest.raises(ValueError, match="beta must be finite and > 0"):
+                fn(logits, b)
 
 
 @path_param

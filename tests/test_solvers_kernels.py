@@ -248,3 +248,51 @@ def test_op_schemas_and_fake_kernels_pass_opcheck():
     coef = torch.randn(B, 7, dtype=F64)
     torch.library.opcheck(torch.ops.ldeq.broyden_pass2.default,
                           (U, V, dx, z, torch.zeros_like(z), gn, go, coef, 2, 2, act), test_utils=tests)
+
+
+def test_reductions_are_run_to_run_deterministic(device):
+    """Fixed-order reductions (per-block partials added in block order on CUDA, chunk-ordered partials
+    on CPU): the same inputs give the same bits, also under torch.use_deterministic_algorithms."""
+    m, B, d, n = 4, 3, 200003, 3  # many blocks / chunks per sample
+    X, G, fz = _hist(m, B, d, F64, device, 1), _hist(m, B, d, F64, device, 2), _hist(1, B, d, F64, device, 3)[0]
+    U, V = _hist(m, B, d, torch.float32, device, 4), _hist(m, B, d, torch.float32, device, 5)
+    dx, fz32, z, go = [t.contiguous() for t in _hist(4, B, d, torch.float32, device, 6).unbind(0)]
+    active = torch.ones(B, dtype=torch.bool, device=device)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(3):
+            Gc, H = G.clone(), torch.zeros(B, m, m, dtype=F64, device=device)
+            r = K.anderson_update(X, Gc, fz, H, 2, n, active)
+            dots = K.broyden_pass1(U, V, dx, fz32, z, go, torch.empty_like(z), n, active)
+            runs.append((H, *r, dots))
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    for later in runs[1:]:
+        for a, b in zip(runs[0], later):
+            assert torch.equal(a, b)
+
+
+def test_batch_beyond_the_grid_y_limit(device):
+    """B > 65535 (the old gridDim.y bound of the CUDA kernels) against the reference."""
+    m, B, d, n, slot = 2, 70001, 5, 2, 1
+    X, G, fz = _hist(m, B, d, F64, device, 1), _hist(m, B, d, F64, device, 2), _hist(1, B, d, F64, device, 3)[0]
+    active = torch.ones(B, dtype=torch.bool, device=device)
+    active[B // 2] = False
+    outs = []
+    for use_ref in (False, True):
+        Gc, H = G.clone(), torch.zeros(B, m, m, dtype=F64, device=device)
+        r = K.anderson_update(X, Gc, fz, H, slot, n, active, use_reference=use_ref)
+        Xc = X.clone()
+        K.anderson_mix(Xc, Gc, torch.full((B, n), 0.5, dtype=F64, device=device), 0.7, slot, n, active,
+                       use_reference=use_ref)
+        U, V = X.clone(), G.clone()
+        dots = K.broyden_pass1(U, V, X[0], fz, X[1], G[0], torch.zeros_like(fz), n, active, use_reference=use_ref)
+        zn, dxc = torch.zeros_like(fz), X[0].clone()
+        K.broyden_pass2(U, V, dxc, X[1], zn, fz, G[0], torch.ones(B, 3 * n + 1, dtype=F64, device=device), slot, n,
+                        active, use_reference=use_ref)
+        outs.append((Gc, H, *r, Xc, dots, U, V, dxc, zn))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert outs[0][1][B - 1].abs().sum() > 0  # the last sample was reached
