@@ -141,6 +141,7 @@ setup(
         "test": ["pytest>=8", "torchdeq==0.1.0", "onnx>=1.16", "onnxruntime>=1.18"],
         "bench": ["pytest>=8", "pytest-benchmark>=4", "torchdeq==0.1.0"],
         "export": ["onnx>=1.16"],  # `ldeq export --onnx` (torch.onnx needs the onnx package)
+        "download": ["yt-dlp"],  # `ldeq data wflw-v` (the maintained YouTube downloader)
     },
     entry_points={"console_scripts": ["ldeq=ldeq.cli:main"]},
 )

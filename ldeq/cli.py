@@ -1,4 +1,4 @@
-"""The ``ldeq`` command: ``ldeq {train,eval,video,predict,export,demo} ...``; each sub-command
+"""The ``ldeq`` command: ``ldeq {train,eval,video,predict,export,data,demo} ...``; each sub-command
 lives in its own module.
 
 Also the argument types the sub-commands share (:func:`positive_int`, :func:`finite_float`, ...):
@@ -18,6 +18,7 @@ COMMANDS = {
     "video": ("ldeq.video.cli", "landmarks on a video with RwR, NME/NMF against ground truth"),
     "predict": ("ldeq.predict.cli", "landmarks of every face in images, folders, videos or a camera"),
     "export": ("ldeq.export", "export a checkpoint to ONNX (backbone + one RwR step)"),
+    "data": ("ldeq.video.wflwv", "download datasets: 'ldeq data wflw-v --out ROOT' (needs ldeq[download])"),
     "demo": ("ldeq.demo", "synthetic data -> train -> evaluate -> video, writes a report"),
 }
 
