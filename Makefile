@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 CSRC    = $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: setup build test demo bench wheel-check ci clean
+.PHONY: setup build test demo bench wheel-check ci gpu-check clang-check clean
 
 setup: $(VENV)/.deps build
 
@@ -33,6 +33,16 @@ demo: setup
 
 bench: setup
 	$(PY) -m pytest -q benchmarks/bench_*.py --benchmark-only
+
+# First thing on a machine with a GPU: the CUDA tests and CUDA benchmarks (< 8 min on one GPU),
+# report in benchmarks/results/gpu_check_<gpu>.md. `make setup` compiles CUDA when a GPU is visible.
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
+
+# Second-compiler check: every C++ source compiled with Clang (zig c++; `pip install ziglang`),
+# for x86-64 (vector paths) and aarch64 (portable path only). Compile-only, see the script.
+clang-check: $(VENV)/.deps
+	$(PY) tools/clang_build_check.py --target x86_64-linux-gnu aarch64-linux-gnu
 
 # Packaging smoke test: wheel from `pip wheel --no-build-isolation .`, installed with its
 # dependencies into a fresh virtualenv, then import-and-run from outside the checkout.
