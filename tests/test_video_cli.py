@@ -238,3 +238,10 @@ def test_gt_of_a_video_shorter_than_its_frame_count_gives_no_metrics(env, tmp_pa
     assert _rc(args) == 1
     assert f"{T + 1} frames of landmarks but the video decoded to {T} frames" in capsys.readouterr().err
     assert not (tmp_path / "o" / "clip_metrics.json").exists()
+
+
+def test_haar_ensemble_detector_is_selectable(env, tmp_path, capsys):
+    write_video(str(tmp_path / "blank.mp4"), [np.full((96, 128, 3), 90, np.uint8)] * 3, 30)
+    rc = main([str(tmp_path / "blank.mp4"), "--detector", "haar-ensemble", "--checkpoint", str(env / "tiny.pt"),
+               "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 2 and "no face in any of 3 frames" in capsys.readouterr().err

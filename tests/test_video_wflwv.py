@@ -175,3 +175,13 @@ def test_ldeq_data_command_with_annotations_and_a_fake_downloader(tmp_path, caps
     assert data_main(["wflw-v", "--out", str(tmp_path / "o3"), "--annotations", str(tmp_path / "nope.zip")],
                      downloader=dl) == 2
     assert not (tmp_path / "o3").exists()
+
+
+def test_missing_downloader_extra_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from ldeq.video.wflwv import data_main
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "yt_dlp" else real(name, *a))
+    assert data_main(["wflw-v", "--out", str(tmp_path / "o"), "--split", "easy"]) == 2
+    assert "pip install 'ldeq[download]'" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -4,9 +4,9 @@ Python API: :class:`Predictor` (``predict(image)`` -> list of :class:`Face`, ``s
 ``step(frame)`` for video with one RwR state per tracked face); detectors in
 :mod:`ldeq.predict.detect`, the tracker in :mod:`ldeq.predict.track`. See docs/predict.md.
 """
-from .detect import DETECTORS, HaarDetector, MediaPipeDetector, as_detections, make_detector
+from .detect import DETECTORS, HaarDetector, HaarEnsembleDetector, as_detections, make_detector, nms
 from .predictor import Face, Predictor, as_rgb
 from .track import IoUTracker, Track, iou_matrix
 
-__all__ = ["DETECTORS", "Face", "HaarDetector", "IoUTracker", "MediaPipeDetector", "Predictor", "Track",
-           "as_detections", "as_rgb", "iou_matrix", "make_detector"]
+__all__ = ["DETECTORS", "Face", "HaarDetector", "HaarEnsembleDetector", "IoUTracker", "Predictor", "Track",
+           "as_detections", "as_rgb", "iou_matrix", "make_detector", "nms"]

@@ -1,6 +1,6 @@
 """``ldeq predict``: landmarks of every face in images, folders, videos or a camera.
 
-    ldeq predict INPUT [INPUT ...] --checkpoint PATH --out DIR [--annotate] [--detector haar|mediapipe]
+    ldeq predict INPUT [INPUT ...] --checkpoint PATH --out DIR [--annotate] [--detector haar|haar-ensemble]
     ldeq predict --camera 0 --checkpoint PATH --out DIR [--max-frames N] [--annotate]
 
 INPUT: an image, a video file, or a folder (searched recursively for images and videos). Images
@@ -18,7 +18,6 @@ anything is written); 1 interrupted or failed mid-run (what was computed is writ
 camera, Ctrl-C / SIGTERM is the normal stop (exit 0).
 """
 import argparse
-import json
 import os
 import sys
 from typing import Callable, Iterable, List, Optional
@@ -46,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--annotate", action="store_true", help="also write annotated images / videos")
     p.add_argument("--detector", choices=DETECTORS, default="haar",
-                   help="face detector (default haar; mediapipe needs pip install 'ldeq[detect]')")
+                   help="face detector: haar (default) or haar-ensemble (more recall, ~24x slower); docs/predict.md")
     p.add_argument("--min-score", type=nonnegative_float, default=0.0, help="drop detections below this score")
     p.add_argument("--max-faces", type=positive_int, default=None, help="keep the N largest faces per frame")
     p.add_argument("--mode", choices=MODES, default="warm", help="RwR mode on videos and the camera (default warm)")

@@ -3,19 +3,24 @@
 * ``haar`` (default, no extra dependency): OpenCV's bundled frontal-face Haar cascade, all
   detections of ``detectMultiScale3``; the score is the cascade's last-stage weight squashed to
   (0, 1) by a logistic (a ranking score, not a calibrated probability).
-* ``mediapipe`` (optional extra ``pip install ldeq[detect]``): MediaPipe's BlazeFace short-range
-  face detector; its .tflite weights ship inside the ``mediapipe`` wheel (no download at run
-  time). Score = MediaPipe's detection score.
+* ``haar-ensemble``: OpenCV's frontal (default, alt2) and profile cascades, both profiles, on the
+  frame rotated by -30, 0 and 30 degrees and upscaled x2, merged by NMS: more recall on small,
+  rotated and turned faces for ~24 cascade passes per frame (:class:`HaarEnsembleDetector`).
+
+No separately packaged detector qualified as an optional extra (weights inside the wheel, installs
+beside torch 2.14.1 / numpy 2): MediaPipe's wheels dropped the face-detection weights in 0.10.30
+(the Tasks API downloads its model) and the last ones with weights (0.10.21) require numpy < 2;
+see docs/benchmarks.md, "Face detector recall".
 
 Any callable ``frame_rgb (H, W, 3) uint8 -> (N, >=4) array`` works as a detector too (tests use
 ground-truth boxes this way). Boxes are in frame pixels, x2 > x1, y2 > y1.
 """
 import os
-from typing import Callable, Optional, Union
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 
-DETECTORS = ("haar", "mediapipe")
+DETECTORS = ("haar", "haar-ensemble")
 
 
 def _cv2():
@@ -78,39 +83,110 @@ class HaarDetector:
         return np.stack([f[:, 0], f[:, 1], f[:, 0] + f[:, 2], f[:, 1] + f[:, 3], score], axis=1)
 
 
-class MediaPipeDetector:
-    """MediaPipe's BlazeFace face detector (short range: faces within ~2 m, the model of the
-    ``face_detection`` solution). Needs the optional ``mediapipe`` package (``ldeq[detect]``); its
-    weights are inside the wheel. ``min_score`` is MediaPipe's min_detection_confidence."""
+def nms(dets: np.ndarray, iou_threshold: float = 0.3) -> np.ndarray:
+    """Greedy non-maximum suppression of (N, 5) detections by score -> the kept rows."""
+    from .track import iou_matrix
+    d = np.asarray(dets, dtype=np.float64).reshape(-1, 5)
+    order = np.argsort(-d[:, 4], kind="stable")
+    keep: List[int] = []
+    for i in order:
+        if not keep or iou_matrix(d[i:i + 1], d[keep]).max() < iou_threshold:
+            keep.append(int(i))
+    return d[sorted(keep)]
 
-    name = "mediapipe"
 
-    def __init__(self, min_score: float = 0.5, model_selection: int = 0):
-        try:
-            import mediapipe as mp
-            self._fd = mp.solutions.face_detection.FaceDetection(
-                model_selection=int(model_selection), min_detection_confidence=float(min_score))
-        except (ImportError, AttributeError) as e:
-            raise ImportError("--detector mediapipe needs the optional extra: pip install 'ldeq[detect]' "
-                              f"(the mediapipe package with its face_detection solution): {e}") from e
+class HaarEnsembleDetector:
+    """OpenCV's own cascades combined for recall (``--detector haar-ensemble``; still no dependency
+    beyond opencv-python-headless, whose wheel ships the cascade files).
+
+    Runs the frontal cascades ``default`` and ``alt2`` and the profile cascade (on the frame and
+    its mirror image, so both profiles) on the frame rotated by each of ``angles`` degrees (in-plane
+    rotations the upright cascades miss) and, for small faces, on the frame upscaled by
+    ``upscale`` (the cascades' smallest window is 20-24 px). A detection in a rotated frame is
+    mapped back by its centre, keeping its size. Overlapping detections are merged by NMS
+    (IoU ``nms_iou``). About ``len(angles) * 4 * (1 + (upscale > 1))`` cascade passes per frame:
+    slower than ``haar``, measured in docs/benchmarks.md ("Face detector recall").
+    """
+
+    name = "haar-ensemble"
+    CASCADES = ("haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt2.xml",
+                "haarcascade_profileface.xml")
+
+    def __init__(self, angles=(-30.0, 0.0, 30.0), upscale: float = 2.0, min_neighbors: int = 4,
+                 min_size: int = 20, nms_iou: float = 0.3, scale_factor: float = 1.1):
+        cv2 = _cv2()
+        self._clfs = []
+        for name in self.CASCADES:
+            path = os.path.join(cv2.data.haarcascades, name)
+            clf = cv2.CascadeClassifier(path)
+            if clf.empty():
+                raise FileNotFoundError(f"Haar cascade {path!r} not found or unreadable "
+                                        "(opencv-python-headless>=4.8,<5 ships it)")
+            self._clfs.append((name, clf))
+        if not upscale >= 1:
+            raise ValueError(f"upscale: expected a number >= 1, got {upscale}")
+        self.angles, self.upscale = tuple(float(a) for a in angles), float(upscale)
+        self.min_neighbors, self.min_size, self.nms_iou = int(min_neighbors), int(min_size), float(nms_iou)
+        self.scale_factor = float(scale_factor)
+
+    def _run(self, clf, gray, flip: bool):
+        cv2 = _cv2()
+        img = gray[:, ::-1].copy() if flip else gray
+        faces, _, weights = clf.detectMultiScale3(img, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+                                                  minSize=(self.min_size, self.min_size), outputRejectLevels=True)
+        if len(faces) == 0:
+            return np.zeros((0, 5))
+        f = np.asarray(faces, dtype=np.float64).reshape(-1, 4)
+        if flip:
+            f[:, 0] = img.shape[1] - f[:, 0] - f[:, 2]
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        del cv2
+        return np.concatenate([f, (1.0 / (1.0 + np.exp(-w)))[:, None]], axis=1)  # x y w h score
 
     def __call__(self, frame_rgb: np.ndarray) -> np.ndarray:
-        h, w = frame_rgb.shape[:2]
-        res = self._fd.process(np.ascontiguousarray(frame_rgb))
-        rows = []
-        for det in res.detections or ():
-            b = det.location_data.relative_bounding_box
-            x1, y1 = b.xmin * w, b.ymin * h
-            rows.append([x1, y1, x1 + b.width * w, y1 + b.height * h, float(det.score[0])])
-        return as_detections(np.array(rows).reshape(-1, 5), self.name)
+        cv2 = _cv2()
+        gray0 = cv2.cvtColor(np.ascontiguousarray(frame_rgb), cv2.COLOR_RGB2GRAY)
+        H, W = gray0.shape
+        scales = (1.0, self.upscale) if self.upscale > 1 else (1.0,)
+        out = []
+        for s in scales:
+            gray = gray0 if s == 1 else cv2.resize(gray0, (int(round(W * s)), int(round(H * s))),
+                                                   interpolation=cv2.INTER_LINEAR)
+            h, w = gray.shape
+            for angle in self.angles:
+                if angle:
+                    # rotate about the centre into a canvas large enough to keep every pixel
+                    c, sn = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
+                    nw, nh = int(np.ceil(w * c + h * sn)), int(np.ceil(w * sn + h * c))
+                    M = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+                    M[:, 2] += [(nw - w) / 2, (nh - h) / 2]
+                    img = cv2.warpAffine(gray, M, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=0)
+                    Minv = cv2.invertAffineTransform(M)
+                else:
+                    img, Minv = gray, None
+                for name, clf in self._clfs:
+                    for flip in ((False, True) if "profile" in name else (False,)):
+                        d = self._run(clf, img, flip)
+                        if not len(d):
+                            continue
+                        cx, cy = d[:, 0] + d[:, 2] / 2, d[:, 1] + d[:, 3] / 2
+                        if Minv is not None:
+                            cx, cy = (Minv[0, 0] * cx + Minv[0, 1] * cy + Minv[0, 2],
+                                      Minv[1, 0] * cx + Minv[1, 1] * cy + Minv[1, 2])
+                        half_w, half_h = d[:, 2] / 2, d[:, 3] / 2
+                        out.append(np.stack([(cx - half_w) / s, (cy - half_h) / s, (cx + half_w) / s,
+                                             (cy + half_h) / s, d[:, 4]], axis=1))
+        if not out:
+            return np.zeros((0, 5))
+        return nms(np.concatenate(out), self.nms_iou)
 
 
 def make_detector(detector: Union[str, Callable, None] = "haar", **kwargs) -> Callable:
-    """'haar' | 'mediapipe' | a callable -> a callable ``frame_rgb -> (N, 5)`` detections."""
+    """'haar' | 'haar-ensemble' | a callable -> a callable ``frame_rgb -> (N, 5)`` detections."""
     if callable(detector):
         return detector
     if detector == "haar" or detector is None:
         return HaarDetector(**kwargs)
-    if detector == "mediapipe":
-        return MediaPipeDetector(**kwargs)
+    if detector == "haar-ensemble":
+        return HaarEnsembleDetector(**kwargs)
     raise ValueError(f"detector: expected one of {DETECTORS} or a callable, got {detector!r}")

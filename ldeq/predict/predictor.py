@@ -78,7 +78,7 @@ class Predictor:
     Args:
         checkpoint: a checkpoint path (ours or the official format, any tolerance) or an LDEQ.
         device: torch device.
-        detector: 'haar' (default), 'mediapipe' (optional extra) or a callable
+        detector: 'haar' (default), 'haar-ensemble' or a callable
             ``frame -> (N, >=4)`` boxes (an optional 5th column is the score).
         mode: RwR mode of streams (any of ``rwr.MODES``; default 'warm'), ignored for images.
         rwr: a full :class:`RwRConfig` instead of ``mode`` (its crop size must be the model's).

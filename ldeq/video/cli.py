@@ -186,7 +186,9 @@ def _video_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="video file (anything OpenCV decodes)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bboxes", help="face boxes: .npy (n_frames, >=4) or text rows 'x1 y1 x2 y2'; NaN row = no face")
-    src.add_argument("--detector", choices=["haar"], help="detect faces with OpenCV's Haar cascade (smoothed)")
+    src.add_argument("--detector", choices=["haar", "haar-ensemble"],
+                     help="detect the largest face per frame (boxes smoothed): OpenCV's Haar cascade, or the "
+                          "ensemble of its cascades over rotations and scales (more recall, slower; docs/predict.md)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mode", choices=MODES, default="warm", help="RwR mode (default warm)")
     p.add_argument("--gt", help="ground-truth landmarks .npy (n_frames, 98, 2) frame pixels: report NME and NMF")
@@ -196,6 +198,19 @@ def _video_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="skip the annotated .mp4")
     _add_model_args(p)
     return p
+
+
+def _largest_of(detector: str):
+    """None for 'haar' (HaarFaceDetector's own), else a ``frame -> largest box or None`` callable."""
+    if detector == "haar":
+        return None
+    from ..predict.detect import make_detector
+    det = make_detector(detector)
+
+    def largest(frame):  # the single-face pipeline follows the largest face
+        d = det(frame)
+        return None if not len(d) else d[np.argmax((d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1])), :4]
+    return largest
 
 
 def run_single(argv: List[str]) -> int:
@@ -217,8 +232,9 @@ def run_single(argv: List[str]) -> int:
         if args.gt:
             gt = load_gt(args.gt, model.cfg.n_keypoints, reader.frame_count)
         if args.detector:
-            print(f"detecting faces in {args.input} (Haar cascade) ...")
-            boxes = HaarFaceDetector().boxes(reader, name=args.input)
+            print(f"detecting faces in {args.input} ({args.detector}) ...")
+            detect = _largest_of(args.detector)
+            boxes = HaarFaceDetector().boxes(reader, detect=detect, name=args.input)
             n_missing = int((~np.isfinite(boxes).all(axis=1)).sum())
             if n_missing:
                 print(f"warning: no face in {n_missing} frame(s): they are skipped (NaN landmarks)")

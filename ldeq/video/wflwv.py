@@ -132,10 +132,9 @@ class YtDlpDownloader(Downloader):
                       "bestvideo[ext=mp4][height<=720]/best[height<=720]")
 
     def __init__(self, fmt: Optional[str] = None, retries: int = 5, quiet: bool = True):
-        try:
-            import yt_dlp  # noqa: F401
-        except ImportError as e:
-            raise ImportError("downloading WFLW-V needs yt-dlp: pip install 'ldeq[download]' (or pip install yt-dlp)") from e
+        import importlib.util
+        if importlib.util.find_spec("yt_dlp") is None:  # a missing extra is a clear error up front
+            raise ImportError("downloading WFLW-V needs yt-dlp: pip install 'ldeq[download]' (or pip install yt-dlp)")
         self.fmt, self.retries, self.quiet = fmt or self.DEFAULT_FORMAT, int(retries), quiet
 
     def download(self, video_id: str, folder: str) -> str:
