@@ -336,3 +336,39 @@ def test_cli_missing_camera_is_an_error(env, tmp_path, capsys):
         raise ValueError(f"--camera {index}: cannot open camera {index} or read a frame from it")
     assert _cli(["--camera", "0", "--checkpoint", str(d / "tiny.pt"), "--out", str(tmp_path / "o")], camera=broken) == 2
     assert "cannot open camera 0" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------ detectors
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    from ldeq.predict import nms
+    d = np.array([[0, 0, 10, 10, .5], [1, 0, 11, 10, .9], [30, 30, 40, 40, .1]])
+    np.testing.assert_array_equal(nms(d, 0.3), d[[1, 2]])
+    assert nms(np.zeros((0, 5))).shape == (0, 5)
+
+
+def test_haar_ensemble_maps_detections_of_rotated_and_upscaled_frames_back(monkeypatch):
+    """A detection found in the frame rotated by 30 degrees (and upscaled x2) lands, mapped back,
+    on the same frame point, with its size divided by the upscale."""
+    import cv2
+
+    from ldeq.predict import HaarEnsembleDetector
+    H, W, P, half = 120, 200, np.array([150.0, 40.0]), 10.0
+    det = HaarEnsembleDetector(angles=(30.0,), upscale=2.0, nms_iou=0.99)
+    seen = []
+
+    def fake_run(clf, img, flip):
+        if flip or seen and seen[-1] == img.shape:
+            return np.zeros((0, 5))
+        seen.append(img.shape)
+        s = 2.0 if img.shape[1] > 300 else 1.0
+        h, w = H * s, W * s  # where P goes when the (scaled) frame is rotated into this canvas
+        M = cv2.getRotationMatrix2D((w / 2, h / 2), 30.0, 1.0)
+        M[:, 2] += [(img.shape[1] - w) / 2, (img.shape[0] - h) / 2]
+        q = M[:, :2] @ (P * s) + M[:, 2]
+        return np.array([[q[0] - half * s, q[1] - half * s, 2 * half * s, 2 * half * s, 0.9]])
+    monkeypatch.setattr(det, "_run", fake_run)
+    out = det(np.zeros((H, W, 3), np.uint8))
+    assert len(seen) == 2  # one rotated canvas per scale
+    for row in out:
+        np.testing.assert_allclose([(row[0] + row[2]) / 2, (row[1] + row[3]) / 2], P, atol=1e-6)
+        np.testing.assert_allclose(row[2] - row[0], 2 * half, atol=1e-6)
