@@ -175,7 +175,7 @@ def test_runner_adaptive_matches_reference_and_batching():
     ref = _reference(m, vids, boxes, 4, 2, 3.0, 0.05)
     for b in (1, 2, 3):
         cfg = RwRConfig(mode="adaptive", max_iter_full=4, max_iter_adaptive=2, adaptive_gamma=3.0,
-                        adaptive_speed=0.05, batch_size=b, crop_size=S)
+                        adaptive_speed=0.05, adaptive_q=0.0, batch_size=b, crop_size=S)
         got = RwRRunner(m.solve(), cfg).run(vids, boxes, progress=False)
         for g, r in zip(got, ref):
             np.testing.assert_allclose(g, r, rtol=0, atol=1e-9)
@@ -186,9 +186,32 @@ def test_adaptive_static_boxes_far_speed_is_prox():
     vids, boxes = _videos([6], move=0.0)
     base = dict(max_iter_full=4, batch_size=1, crop_size=S)
     prox = RwRRunner(m.solve(), RwRConfig(mode="prox", gamma=2.0, max_iter_prox=1, **base)).run(vids, boxes, progress=False)
-    ada = RwRRunner(m.solve(), RwRConfig(mode="adaptive", adaptive_gamma=2.0, adaptive_speed=1e9, **base)).run(
+    ada = RwRRunner(m.solve(), RwRConfig(mode="adaptive", adaptive_gamma=2.0, adaptive_speed=1e9, adaptive_q=0.0,
+                                         **base)).run(
         vids, boxes, progress=False)
     np.testing.assert_allclose(ada[0], prox[0], rtol=0, atol=1e-9)
+
+
+def test_output_stage_is_the_motion_kalman_on_each_run():
+    """adaptive_q > 0: the landmarks of each face run (restarted at a gap) go through MotionKalman
+    with the crop side as the scale; adaptive_q = 0 leaves them as the state decodes them."""
+    from ldeq.data.crop import square_crop_affine
+    from ldeq.video.filters import MotionKalman
+    from ldeq.video.rwr import crop_sides
+    m = MapStandIn()
+    vids, boxes = _videos([7, 5])
+    boxes[0][3] = np.nan
+    base = dict(mode="adaptive", max_iter_full=4, adaptive_gamma=2.0, adaptive_speed=0.05, crop_size=S, batch_size=2)
+    raw = RwRRunner(m.solve(), RwRConfig(adaptive_q=0.0, **base)).run(vids, boxes, progress=False)
+    got = RwRRunner(m.solve(), RwRConfig(adaptive_q=0.5, adaptive_gate=0.03, **base)).run(vids, boxes, progress=False)
+    assert RwRConfig(adaptive_q=0.0, **base).output_filter() is None and RwRConfig().output_filter() is None
+    for r, g, bx in zip(raw, got, boxes):
+        for a, e in ((0, 3), (4, len(r))) if len(r) == 7 else ((0, len(r)),):
+            sides = crop_sides(np.stack([square_crop_affine(b, S) for b in bx[a:e]]), S)
+            ref = MotionKalman(0.5, 0.03).filter_sequence(r[a:e], sides)
+            np.testing.assert_allclose(g[a:e], ref, rtol=0, atol=1e-9)
+            assert np.abs(g[a + 1:e] - r[a + 1:e]).max() > 1e-6  # the stage does something
+    assert np.isnan(got[0][3]).all()
 
 
 def test_adaptive_config_errors():
@@ -198,3 +221,7 @@ def test_adaptive_config_errors():
         RwRConfig(mode="adaptive", adaptive_gamma=-1.0)
     with pytest.raises(ValueError, match="max_iter_adaptive"):
         RwRConfig(mode="adaptive", max_iter_adaptive=0)
+    with pytest.raises(ValueError, match="adaptive_q"):
+        RwRConfig(mode="adaptive", adaptive_q=-1.0)
+    with pytest.raises(ValueError, match="adaptive_gate"):
+        RwRConfig(mode="adaptive", adaptive_gate=0.0)

@@ -125,3 +125,40 @@ def test_bad_parameters_and_input():
         make_filter("median")
     with pytest.raises(ValueError, match="NaN"):
         EMA(0.5).filter_sequence([1.0, np.nan])
+
+
+# ----------------------------------------------------------------------------- MotionKalman (issue 15)
+def test_motion_kalman_without_gate_is_the_kalman():
+    from ldeq.video.filters import ConstantVelocityKalman, MotionKalman
+    rng = np.random.default_rng(0)
+    seq = np.cumsum(rng.normal(size=(40, 5, 2)), axis=0)
+    ref = ConstantVelocityKalman(process_noise=0.3, measurement_noise=1.0).filter_sequence(seq)
+    got = MotionKalman(process_noise=0.3, gate=1e12).filter_sequence(seq)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_motion_kalman_follows_a_jump_sooner_and_smooths_jitter_alike():
+    from ldeq.video.filters import ConstantVelocityKalman, MotionKalman
+    rng = np.random.default_rng(1)
+    truth = np.zeros((60, 4, 2))
+    truth[30:] += 40.0  # a jump of 40 px (scale 100 px: 0.4 face scales)
+    seq = truth + rng.normal(scale=1.0, size=truth.shape)
+    plain = ConstantVelocityKalman(process_noise=0.01, measurement_noise=1.0).filter_sequence(seq)
+    gated = MotionKalman(process_noise=0.01, gate=0.02).filter_sequence(seq, np.full(60, 100.0))
+    err = lambda y, a, b: np.abs(y[a:b] - truth[a:b]).mean()  # noqa: E731
+    assert err(gated, 30, 36) < 0.4 * err(plain, 30, 36)
+    # before the jump the innovations are noise (e ~ 0.015, about the gate): about the same smoothing
+    assert err(gated, 10, 30) < 1.5 * err(plain, 10, 30)
+    assert err(gated, 10, 30) < 0.7 * np.abs(seq[10:30] - truth[10:30]).mean()
+
+
+def test_motion_kalman_errors():
+    from ldeq.video.filters import MotionKalman, make_filter
+    with pytest.raises(ValueError, match="gate"):
+        MotionKalman(gate=0.0)
+    with pytest.raises(ValueError, match="process_noise"):
+        make_filter("motion_kalman", process_noise=-1.0)
+    with pytest.raises(ValueError, match="scale"):
+        MotionKalman().step(np.zeros((3, 2)), scale=0.0)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
+        MotionKalman().step(np.zeros((3, 3)))

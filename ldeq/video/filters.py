@@ -15,6 +15,9 @@ Use ``f = make_filter('one_euro', fps=30, min_cutoff=1.0, beta=0.01)`` then
   state (position, velocity), F = [[1, dt], [0, 1]], H = [1, 0], white-acceleration process noise
   Q = q [[dt^3/3, dt^2/2], [dt^2/2, dt]], R = r; initialised at the first measurement with zero
   velocity and covariance diag(r, initial_velocity_var).
+* ``motion_kalman(process_noise, gate)``: the same model with r = 1 and a per-landmark process noise
+  that grows with the landmark's innovation relative to the face scale (:class:`MotionKalman`; the
+  output stage of RwR mode 'adaptive', not one of the four baselines).
 """
 import math
 from typing import Dict
@@ -177,7 +180,8 @@ FILTERS = {"moving_average": MovingAverage, "ema": EMA, "one_euro": OneEuro, "ka
 
 
 def make_filter(name: str, **params) -> Filter:
-    """Builds a filter by name ('moving_average', 'ema', 'one_euro', 'kalman') with its parameters."""
+    """Builds a filter by name ('moving_average', 'ema', 'one_euro', 'kalman', 'motion_kalman') with its
+    parameters."""
     if name not in FILTERS:
         raise ValueError(f"unknown filter {name!r}; expected one of {sorted(FILTERS)}")
     return FILTERS[name](**params)
@@ -200,3 +204,71 @@ def filter_with_gaps(filt: Filter, seq) -> np.ndarray:
         out[t:e] = filt.filter_sequence(seq[t:e])
         t = e
     return out
+
+
+class MotionKalman(Filter):
+    """Innovation-gated constant-velocity Kalman (the output stage of RwR mode 'adaptive').
+
+    Per coordinate the model of :class:`ConstantVelocityKalman` with measurement noise r = 1, but
+    the process noise of landmark k at frame t grows with its innovation (measured minus predicted
+    position, relative to the face scale):
+
+        e_k = ||x_k - x_pred_k|| / scale_t,     q_k = q (1 + (e_k / gate)^2)
+
+    so a landmark that jumps (a head turn, a cut-like jump) is followed within a frame or two,
+    while one that only jitters around a slow trajectory is smoothed as by a plain Kalman of
+    process noise q. ``step(x, scale)`` takes the face scale of the frame (RwR passes the crop side
+    in frame pixels; default 1.0, i.e. ``gate`` in the units of x); x is (K, 2) (or (..., 2)).
+    A very large gate gives the plain Kalman with process noise q.
+    """
+    name = "motion_kalman"
+
+    def __init__(self, process_noise: float = 1.0, gate: float = 0.02, initial_velocity_var: float = 100.0):
+        for k, v in (("process_noise", process_noise), ("gate", gate), ("initial_velocity_var", initial_velocity_var)):
+            if not v > 0:
+                raise ValueError(f"motion_kalman: {k} must be > 0, got {v}")
+        self.q, self.gate, self.v0 = float(process_noise), float(gate), float(initial_velocity_var)
+        self.reset()
+
+    def reset(self):
+        self._x = None
+
+    def step(self, x, scale: float = 1.0):
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim < 1 or x.shape[-1] != 2:
+            raise ValueError(f"motion_kalman: expected points (..., 2), got shape {x.shape}")
+        if not scale > 0:
+            raise ValueError(f"motion_kalman: scale must be > 0, got {scale}")
+        if self._x is None:
+            self._x, self._v = x.copy(), np.zeros_like(x)
+            self._p00, self._p01, self._p11 = np.ones_like(x), np.zeros_like(x), np.full_like(x, self.v0)
+            return x.copy()
+        xp = self._x + self._v
+        nu = x - xp
+        e = np.linalg.norm(nu, axis=-1, keepdims=True) / scale
+        q = self.q * (1.0 + (e / self.gate) ** 2)
+        # P <- F P F^T + Q (F = [[1, 1], [0, 1]], Q = q [[1/3, 1/2], [1/2, 1]]), then the update with H = [1, 0]
+        a00 = self._p00 + 2 * self._p01 + self._p11 + q / 3
+        a01 = self._p01 + self._p11 + q / 2
+        a11 = self._p11 + q
+        k0, k1 = a00 / (a00 + 1.0), a01 / (a00 + 1.0)
+        self._x, self._v = xp + k0 * nu, self._v + k1 * nu
+        self._p00, self._p01, self._p11 = (1 - k0) * a00, (1 - k0) * a01, a11 - k1 * a01
+        return self._x.copy()
+
+    def filter_sequence(self, seq, scales=None) -> np.ndarray:
+        """(T, ..., 2) -> filtered, with per-frame face scales (T,) (default 1)."""
+        seq = np.asarray(seq, dtype=np.float64)
+        if seq.ndim < 2 or seq.shape[0] == 0:
+            raise ValueError(f"{self.name}: expected a non-empty (T, ..., 2) sequence, got shape {seq.shape}")
+        if not np.isfinite(seq).all():
+            raise ValueError(f"{self.name}: sequence contains NaN/inf; filter each finite run separately")
+        scales = np.ones(len(seq)) if scales is None else np.asarray(scales, dtype=np.float64)
+        self.reset()
+        return np.stack([self.step(x, s) for x, s in zip(seq, scales)])
+
+    def params(self):
+        return {"process_noise": self.q, "gate": self.gate}
+
+
+FILTERS["motion_kalman"] = MotionKalman

@@ -36,7 +36,12 @@ Modes (reference section 3):
         3. gamma_k = gamma / (1 + (d_k / gamma_speed)^2): a landmark the image pulls far (a moving
            face) gets little memory, one that only jitters (a still face, noise) keeps a lot;
         4. prox iterations with that per-landmark gamma, the first one reusing q (the same
-           ``max_iter_adaptive`` + 1 cell calls per frame as prox).
+           ``max_iter_adaptive`` + 1 cell calls per frame as prox);
+        5. the landmarks (frame pixels) go through an innovation-gated constant-velocity Kalman
+           (:class:`ldeq.video.filters.MotionKalman`, process noise ``adaptive_q``, gate
+           ``adaptive_gate`` in units of the crop side; ``adaptive_q = 0`` skips it): the state
+           carries the memory of the equilibrium, the output stage removes what flicker is left
+           and follows a landmark as soon as it moves far. Reset with the state (first frame, gaps).
 
 Crops (reference section 3): box (x1, y1, x2, y2) -> square of side max(w, h) * 1.2 around its
 centre -> affine warp to S x S (ldeq.data.crop); keypoints go back through the inverse affine, so
@@ -69,8 +74,10 @@ class RwRConfig:
     gamma: float = 1.0
     # mode 'adaptive' (defaults picked from the front measured by benchmarks/bench_rwr_front.py)
     max_iter_adaptive: int = 1
-    adaptive_gamma: float = 4.0
-    adaptive_speed: float = 0.02
+    adaptive_gamma: float = 1.0
+    adaptive_speed: float = 0.01
+    adaptive_q: float = 0.1
+    adaptive_gate: float = 0.01
     batch_size: int = 16
     crop_size: int = 256
     crop_scale: float = 1.2
@@ -88,6 +95,19 @@ class RwRConfig:
             raise ValueError(f"adaptive_gamma: expected >= 0, got {self.adaptive_gamma}")
         if not self.adaptive_speed > 0:
             raise ValueError(f"adaptive_speed: expected > 0 (crop units), got {self.adaptive_speed}")
+        if not self.adaptive_q >= 0:
+            raise ValueError(f"adaptive_q: expected >= 0 (0 = no output Kalman), got {self.adaptive_q}")
+        if not self.adaptive_gate > 0:
+            raise ValueError(f"adaptive_gate: expected > 0 (crop units), got {self.adaptive_gate}")
+
+    def output_filter(self):
+        """The per-stream output stage of this mode (a fresh :class:`MotionKalman`), or None (modes
+        other than 'adaptive', or adaptive_q = 0). Step it with ``f.step(points, scale=crop side in
+        frame px)`` once per frame, and make a new one whenever the RwR state restarts."""
+        if self.mode != "adaptive" or self.adaptive_q == 0:
+            return None
+        from .filters import MotionKalman
+        return MotionKalman(self.adaptive_q, self.adaptive_gate)
 
 
 class BoxesTooShort(ValueError):
@@ -130,6 +150,12 @@ def warp_states(z: torch.Tensor, mats_prev: np.ndarray, mats_cur: np.ndarray, cr
     theta_t = torch.as_tensor(theta, dtype=z.dtype, device=z.device)
     grid = torch.nn.functional.affine_grid(theta_t, list(z.shape), align_corners=True)
     return torch.nn.functional.grid_sample(z, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def crop_sides(mats: np.ndarray, crop_size: int) -> np.ndarray:
+    """(B, 2, 3) crop affines -> (B,) side of each crop in frame pixels."""
+    mats = np.asarray(mats, np.float64)
+    return crop_size / np.sqrt(np.abs(np.linalg.det(mats[:, :, :2])))
 
 
 def uncrop_points(keypoints, mats: np.ndarray, size: int = 256) -> np.ndarray:
@@ -199,6 +225,7 @@ class RwRRunner:
         its: Dict[int, object] = {}
         state: Dict[int, Optional[torch.Tensor]] = {}
         crop_of: Dict[int, np.ndarray] = {}  # each video's last crop affine (for mode 'adaptive')
+        smooth: Dict[int, object] = {}       # each video's output stage (mode 'adaptive')
         n_kp = None
         try:
             while queue or active:
@@ -214,6 +241,7 @@ class RwRRunner:
                         active.remove(v)
                         del its[v], state[v]
                         crop_of.pop(v, None)
+                        smooth.pop(v, None)
                         continue
                     t = len(self.partial[v])
                     if t >= len(boxes[v]):
@@ -234,12 +262,19 @@ class RwRRunner:
                                                              prev, mats)
                     pts = uncrop_points(kp, mats, c.crop_size)
                     n_kp = pts.shape[1]
+                    sides = crop_sides(mats, c.crop_size)
                     for j, it in enumerate(items):
                         state[it[0]] = z_star[j].detach()
                         crop_of[it[0]] = mats[j]
-                        results.append((it, pts[j], budget))
+                        p = pts[j]
+                        if restart:
+                            smooth[it[0]] = c.output_filter()
+                        if smooth.get(it[0]) is not None:
+                            p = smooth[it[0]].step(p, scale=float(sides[j]))
+                        results.append((it, p, budget))
                 for it in skipped:
                     state[it[0]] = None  # no face: restart from zeros at the next face
+                    smooth.pop(it[0], None)
                     results.append((it, None, 0))
                 for (v, t, frame, box), pts, budget in sorted(results, key=lambda r: r[0][0]):
                     self.partial[v].append(pts)
