@@ -97,8 +97,35 @@ class _PackedConv:
             x, self._pack(tuple(x.shape)), self.bias, self.padding, self.stride, self.dilation, self.groups,
             self.attr if attr is None else attr, self.scalars if attr is None else [], "")
 
+    def conv_add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """conv(x) + bias + other in one oneDNN call (no activation)."""
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other.contiguous(memory_format=CHANNELS_LAST), self._pack(tuple(x.shape)), self.bias, self.padding,
+            self.stride, self.dilation, self.groups, "add", None, None, [], None)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return norm(self.norm, self.conv(x), self.norm_cache)
+
+
+class _PackedMerge:
+    """A decoder merge without the concat: the 1x1 conv W [skip; up(d)] + b = W_s skip + b + up(W_u d)
+    (a 1x1 convolution commutes with nearest upsampling), so the up half runs at the low resolution
+    (a quarter of its FLOPs) and neither the upsampled map nor the concat is materialised at full
+    width. Then LeakyReLU and the norm, as the block."""
+
+    def __init__(self, block: Conv, skip_channels: int):
+        w = block.conv.weight
+        self.skip = _PackedConv(block, weight=w[:, :skip_channels], act=False)
+        self.up = _PackedConv(block, weight=w[:, skip_channels:], bias=False, act=False)
+        self.act, self.norm = block.act, block.norm
+
+    def __call__(self, skip: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        u = torch.nn.functional.interpolate(self.up.conv(d), scale_factor=2, mode="nearest")
+        y = self.skip.conv_add(skip, u)
+        if self.act:
+            torch.nn.functional.leaky_relu_(y, 0.01)
+        return norm(self.norm, y, self.skip.norm_cache)
 
 
 def norm(module: torch.nn.Module, y: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
@@ -140,22 +167,24 @@ class PackedCell:
         # z half of the tail conv: no bias (it is in c), activation after adding c
         self.tail_z = _PackedConv(cell.tail, weight=cell.tail.conv.weight[:, :Z], bias=False, act=False)
         self.tail_act = cell.tail.act
-        self.blocks = {id(m): _PackedConv(m) for m in cell.hourglass.modules() if isinstance(m, Conv)}
+        hg = cell.hourglass
+        self.blocks = {id(m): _PackedConv(m) for m in hg.modules() if isinstance(m, Conv)}
+        self.merges = {id(b): _PackedMerge(b, b.conv.in_channels // 2)  # concat[skip, up]: equal halves
+                       for b in (hg.downchan2, hg.downchan4, hg.downchan6, hg.downchan8)}
         self.head = _PackedConv(cell.head)
 
     def _apply(self, block: Conv, x: torch.Tensor) -> torch.Tensor:
         return self.blocks[id(block)](x)
 
+    def _merge(self, block: Conv, skip: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return self.merges[id(block)](skip, d)
+
     def step(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        t = self.tail_z
-        z = z.contiguous(memory_format=CHANNELS_LAST)
-        y = torch.ops.mkldnn._convolution_pointwise.binary(  # conv(z, W_z) + c in one pass
-            z, c.contiguous(memory_format=CHANNELS_LAST), t._pack(tuple(z.shape)), None, t.padding, t.stride,
-            t.dilation, t.groups, "add", None, None, [], None)
+        y = self.tail_z.conv_add(z, c)  # conv(z, W_z) + c in one pass (c holds the bias)
         if self.tail_act:
             torch.nn.functional.leaky_relu_(y, 0.01)
         y = norm(self.tail_norm, y, self.tail_z.norm_cache)
-        y = self.hourglass(y, conv=self._apply)
+        y = self.hourglass(y, conv=self._apply, merge=self._merge)
         return self.to_heatmaps(self.head(y))
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from .layers import Conv
 
 ConvApply = Callable[[Conv, torch.Tensor], torch.Tensor]
+MergeApply = Callable[[Conv, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Hourglass(nn.Module):
@@ -49,10 +50,15 @@ class Hourglass(nn.Module):
         self.downchan8 = Conv(2 * w0, w0, 1, **kw)
         self.same8 = Conv(w0, w0, 5, **kw)
 
-    def forward(self, x: torch.Tensor, conv: Optional[ConvApply] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, conv: Optional[ConvApply] = None,
+                merge: Optional[MergeApply] = None) -> torch.Tensor:
         """x (B, w, S, S) -> (B, w, S, S). ``conv(block, t)`` applies one Conv block (default
-        ``block(t)``); the packed inference path (:mod:`ldeq.model.fast`) passes its own."""
+        ``block(t)``); ``merge(block, skip, d)`` a decoder merge, the 1x1 ``block`` on
+        concat[skip, nearest_x2(d)] (default: exactly that); the packed inference path
+        (:mod:`ldeq.model.fast`) passes its own."""
         c = conv or _call
+        mg = merge or (lambda block, skip, d: c(block, torch.cat((skip, F.interpolate(d, scale_factor=2,
+                                                                                     mode="nearest")), 1)))
         skips = []
         for same, up in ((self.same1, self.upchan1), (self.same2, self.upchan2),
                          (self.same3, self.upchan3), (self.same4, self.upchan4)):
@@ -64,8 +70,7 @@ class Hourglass(nn.Module):
                                         (skips[2], self.downchan3, self.downchan4, self.same6),
                                         (skips[1], self.downchan5, self.downchan6, self.same7),
                                         (skips[0], self.downchan7, self.downchan8, self.same8)):
-            up = F.interpolate(c(down, x), scale_factor=2, mode="nearest")
-            m = c(merge, torch.cat((skip, up), 1))
+            m = mg(merge, skip, c(down, x))
             y = c(same, m)
             # without autograd the block's fresh output takes the residual in place
             x = y.add_(m) if not torch.is_grad_enabled() and y.dtype == m.dtype else y + m
