@@ -104,3 +104,15 @@ def test_preset_and_motion_event_errors():
         make_synthetic_video(0, motion_events=("somersault",))
     with pytest.raises(ValueError, match="motion_event_every"):
         make_synthetic_video(0, motion_events=("jump",), motion_event_every=1)
+
+
+def test_write_wflwv_root_presets(tmp_path):
+    from ldeq.video.synthetic import write_wflwv_root
+    ids = write_wflwv_root(str(tmp_path), n_per_split=1, n_frames=6, splits=("hard",), progress=False)
+    assert ids == {"hard": ["synth_hard_000"]}
+    assert sorted(p.name for p in (tmp_path / "splits").iterdir()) == ["hard_video_IDs.txt"]
+    lm = np.load(tmp_path / "landmarks" / "synth_hard_000.npy")
+    ref = make_synthetic_video(1000, 6, preset="hard")
+    np.testing.assert_array_equal(lm, ref.landmarks)
+    with pytest.raises(ValueError, match="splits"):
+        write_wflwv_root(str(tmp_path), splits=("medium",), progress=False)

@@ -356,15 +356,19 @@ def run_eval(argv: List[str]) -> int:
 # ----------------------------------------------------------------------------- synthetic root
 def run_synth(argv: List[str]) -> int:
     p = argparse.ArgumentParser(prog="ldeq video synth", description="Write synthetic videos in the WFLW-V "
-                                "layout: 'easy' clips have smooth motion only, 'hard' clips add occluders, "
-                                "motion blur and lighting flicker")
+                                "layout: 'easy' clips have smooth motion only, 'hard' clips (like WFLW-V hard) "
+                                "add fast head turns, sweeps and jumps, expression changes, occluders, motion "
+                                "blur and lighting changes")
     p.add_argument("root")
     p.add_argument("--n-videos", type=int, default=4, help="per split (default 4)")
     p.add_argument("--frames", type=int, default=90)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", choices=["easy", "hard", "all"], default="all",
+                   help="which split(s) to write (default all: easy and hard)")
     args = p.parse_args(argv)
     from .synthetic import write_wflwv_root
-    ids = write_wflwv_root(args.root, args.n_videos, args.frames, args.seed)
+    splits = ("easy", "hard") if args.preset == "all" else (args.preset,)
+    ids = write_wflwv_root(args.root, args.n_videos, args.frames, args.seed, splits=splits)
     print(f"wrote {sum(len(v) for v in ids.values())} videos under {args.root} "
           f"(split lists in {os.path.join(args.root, 'splits')})")
     return 0

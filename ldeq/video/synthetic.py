@@ -272,10 +272,13 @@ def make_synthetic_videos(n_videos: int = 4, seed: int = 0, lengths: Optional[Li
     return [make_synthetic_video(seed + i, n_frames=n, **kwargs) for i, n in enumerate(lengths)]
 
 
-def write_wflwv_root(root: str, n_per_split: int = 4, n_frames: int = 90, seed: int = 0, progress: bool = True) -> dict:
+def write_wflwv_root(root: str, n_per_split: int = 4, n_frames: int = 90, seed: int = 0, progress: bool = True,
+                     splits: Tuple[str, ...] = ("easy", "hard")) -> dict:
     """Writes synthetic clips in the WFLW-V layout (videos/<ID>.mp4, bboxes/<ID>.npy,
-    landmarks/<ID>.npy) with split lists ``root/splits/{easy,hard}_video_IDs.txt``: 'easy' clips
-    have smooth motion only, 'hard' clips add the ambiguous stretches. Returns {split: [IDs]}.
+    landmarks/<ID>.npy) with split lists ``root/splits/{split}_video_IDs.txt`` for each of
+    ``splits`` ('easy', 'hard'): each split's clips use the preset of the same name (PRESETS:
+    'easy' = smooth motion only; 'hard' = fast head turns, sweeps and jumps, expression changes,
+    occluders, motion and speed blur, flicker and light switches). Returns {split: [IDs]}.
 
     Note: the .mp4 is lossy (mp4v), so a model sees slightly different pixels than in memory.
     """
@@ -286,14 +289,15 @@ def write_wflwv_root(root: str, n_per_split: int = 4, n_frames: int = 90, seed: 
     from .._io import atomic_save, atomic_write_text
     from .io import write_video
 
-    ids = {"easy": [f"synth_easy_{i:03d}" for i in range(n_per_split)],
-           "hard": [f"synth_hard_{i:03d}" for i in range(n_per_split)]}
+    bad = [s for s in splits if s not in ("easy", "hard")]
+    if bad or not splits:
+        raise ValueError(f"splits: expected a non-empty subset of ('easy', 'hard'), got {tuple(splits)}")
+    ids = {s: [f"synth_{s}_{i:03d}" for i in range(n_per_split)] for s in splits}
     for sub in ("videos", "bboxes", "landmarks", "splits"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
-    jobs = [(s, i, vid) for s in ("easy", "hard") for i, vid in enumerate(ids[s])]
+    jobs = [(s, i, vid) for s in splits for i, vid in enumerate(ids[s])]
     for split, i, vid in tqdm(jobs, desc="synthetic WFLW-V", disable=not progress):
-        v = make_synthetic_video(seed + 1000 * (split == "hard") + i, n_frames,
-                                 events=EVENTS if split == "hard" else ())
+        v = make_synthetic_video(seed + 1000 * (split == "hard") + i, n_frames, preset=split)
         write_video(os.path.join(root, "videos", f"{vid}.mp4"), v.frames, v.fps)
         for sub, arr in (("bboxes", v.boxes), ("landmarks", v.landmarks)):
             atomic_save(os.path.join(root, sub, f"{vid}.npy"), lambda tmp: np.save(tmp, arr), suffix=".npy")
