@@ -190,6 +190,28 @@ def summarize(pts: List[dict], default: dict) -> dict:
             "default": d, "default_vs_front": within(d, [pts[i] for i in front]) if d else None}
 
 
+def _fmt_params(p: dict) -> str:
+    return ", ".join(f"{k.replace('adaptive_', '')} {v:g}" for k, v in p.items() if k not in ("fps", "d_cutoff"))
+
+
+def front_table(results: dict) -> str:
+    """Markdown: per split, the off point, the best setting of each method family closest to the
+    variant's default, and the Pareto front."""
+    out = []
+    for s, r in results.items():
+        sm = r["summary"]
+        out += [f"**{s}** ({sm['filters_beaten']} / {sm['filters_total']} filter settings beaten on both NME and NMF "
+                f"by a setting of adaptive; default within {100 * (sm['default_vs_front']['ratio'] - 1):.1f} % of the front)",
+                "", "| on the front | setting | NME (x100) | NMF |", "|---|---|---:|---:|"]
+        for p in sm["front"]:
+            out.append(f"| {p['method']} | {_fmt_params(p['params'])} | {p['nme']:.3f} | {p['nmf']:.1f} |")
+        off = next(p for p in r["points"] if p["method"] == "off")
+        d = sm["default"]
+        out += [f"| (off, per-frame) | | {off['nme']:.3f} | {off['nmf']:.1f} |",
+                f"| (adaptive default) | {_fmt_params(d['params'])} | {d['nme']:.3f} | {d['nmf']:.1f} |", ""]
+    return "\n".join(out)
+
+
 COLOURS = {"off": "#555555", "warm": "#7b4fd6", "prox": "#2a7fd4", "adaptive": "#d62a2a",
            "moving_average": "#e0a030", "ema": "#39a845", "one_euro": "#e07ad0", "kalman": "#8c6d31",
            "motion_kalman": "#aaaaaa"}
@@ -285,6 +307,7 @@ def main(argv=None) -> int:
     if a.plot:
         plot(a.plot, results, f"LDEQ ({model.cfg.image_size}px demo preset) on synthetic clips: every method's "
              f"parameter swept; load {load0} -> {meta['loadavg_after']}")
+    log(front_table(results))
     log(f"wrote {a.out}" + (f" and {a.plot}" if a.plot else "") + f" in {total:.0f} s (load {load0} -> {meta['loadavg_after']})")
     return 0
 
