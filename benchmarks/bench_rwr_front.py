@@ -236,11 +236,21 @@ def plot(path: str, results: dict, title: str) -> None:
                        c=COLOURS[m], label=m, marker="o" if m not in ("adaptive", "off") else ("*" if m == "adaptive" else "s"),
                        zorder=3 if m == "adaptive" else 2, alpha=0.85)
         fr = results[s]["summary"]["front"]
-        ax.plot([p["nme"] for p in fr], [p["nmf"] for p in fr], "k--", lw=1, zorder=1, label="Pareto front")
+        ax.step([p["nme"] for p in fr], [p["nmf"] for p in fr], "k--", where="post", lw=1.2, zorder=1,
+                label="Pareto front (lower left)")
         d = results[s]["summary"]["default"]
         if d:
             ax.scatter([d["nme"]], [d["nmf"]], s=140, facecolors="none", edgecolors="k", lw=1.5, zorder=4,
                        label="adaptive default")
+        off = next(p for p in pts if p["method"] == "off")
+        lo, hi = min(p["nme"] for p in pts), off["nme"] * 1.3
+        n_out = sum(p["nme"] > hi for p in pts)
+        ax.set_xlim(lo - 0.02 * (hi - lo), hi)
+        ys = [p["nmf"] for p in pts if p["nme"] <= hi]
+        ax.set_ylim(min(ys) * 0.92, max(ys) * 1.08)
+        if n_out:
+            ax.text(0.99, 0.01, f"{n_out} points with NME > {hi:.2f} not shown", transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=7)
         ax.set_xlabel("NME (x100, lower is better)")
         ax.set_ylabel("NMF (lower = less flicker)")
         ax.set_title(f"{s} clips", fontsize=10)
