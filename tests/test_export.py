@@ -6,9 +6,9 @@ Tolerances. onnxruntime and PyTorch run the same float32 graph with different ke
 rounding ~1e-6 per conv). The test model is a random, untrained LDEQ; its cell is made contractive
 by scaling the head's weights by 0.1 (an untrained random cell is expansive: rounding would grow
 ~10x per frame through the recurrence, which says nothing about the export). Then on the 6-frame
-clip the measured max landmark difference is 1.2e-4 px (warm) and 5.4e-5 px (prox) (printed with
--s); the test allows 2e-3 px (faces ~60 px). Single graph calls on the unscaled model, same
-inputs: 1e-3 crop units. The model's solver is 'fixed_point_last' with tol = 0 (the official video
+clip the measured max landmark difference is 1.2e-4 to 2.7e-4 px (warm) and 2.7e-5 to 5.4e-5 px
+(prox), depending on which CPU convolution path PyTorch takes (printed with -s); the test allows 2e-3 px (faces ~60 px). Single graph calls (same inputs, no recurrence):
+1e-4 in crop units and state values. The model's solver is 'fixed_point_last' with tol = 0 (the official video
 setting), which the init graph reproduces exactly.
 """
 import json
@@ -25,6 +25,7 @@ from ldeq.video.rwr import RwRConfig, RwRRunner, crop_batch, uncrop_points
 from ldeq.video.synthetic import make_synthetic_video
 
 MAX_PX = 2e-3
+ATOL_CALL = 1e-4  # crop units / state values in [0, 1], one graph call (measured below 1e-5)
 
 
 def tiny(scale_head=1.0):
@@ -80,9 +81,9 @@ def test_onnx_rwr_on_a_clip_matches_pytorch(exported, mode, gamma):
     assert diff < MAX_PX, f"max landmark difference {diff:.2e} px"
 
 
-def test_single_graph_calls_of_an_unscaled_model(tmp_path):
+def test_single_graph_calls_with_two_steps_and_three_faces(tmp_path):
     from ldeq.export import export_onnx
-    m = tiny(1.0)
+    m = tiny(0.1)
     export_onnx(m, str(tmp_path), max_iter_step=2)
     init, step = _sessions(tmp_path)
     torch.manual_seed(1)
@@ -90,13 +91,15 @@ def test_single_graph_calls_of_an_unscaled_model(tmp_path):
     solve = LDEQSolve(m)
     kp0, z0 = solve(image, None, 3)
     got = init.run(None, {"image": image.numpy()})
-    np.testing.assert_allclose(got[0], kp0.numpy(), atol=1e-3, rtol=0)
-    np.testing.assert_allclose(got[1], m.decode(z0)[2].detach().numpy(), atol=1e-3, rtol=0)
+    np.testing.assert_allclose(got[0], kp0.numpy(), atol=ATOL_CALL, rtol=0)
+    np.testing.assert_allclose(got[1], m.decode(z0)[2].detach().numpy(), atol=ATOL_CALL, rtol=0)
     for gamma in (0.0, 2.0):
         kp, z = solve(image, z0, 2, gamma=gamma, anchor=z0 if gamma else None)
         got = step.run(None, {"image": image.numpy(), "state": z0.numpy(), "gamma": np.array([gamma], np.float32)})
-        np.testing.assert_allclose(got[0], kp.numpy(), atol=1e-3, rtol=0)
-        np.testing.assert_allclose(got[2], z.numpy(), atol=1e-3, rtol=0)
+        print(f"gamma {gamma}: max |landmarks| diff {np.abs(got[0] - kp.numpy()).max():.2e}, "
+              f"max |state| diff {np.abs(got[2] - z.numpy()).max():.2e}")
+        np.testing.assert_allclose(got[0], kp.numpy(), atol=ATOL_CALL, rtol=0)
+        np.testing.assert_allclose(got[2], z.numpy(), atol=ATOL_CALL, rtol=0)
 
 
 def test_export_bad_input(tmp_path, capsys):

@@ -145,7 +145,7 @@ def test_stream_of_one_face_is_the_video_runner(model, mode):
     np.testing.assert_allclose(np.stack([fs[0].landmarks for fs in got]), ref, atol=ATOL_PX, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["warm", "prox"])
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "off"])
 def test_several_faces_each_with_its_own_equilibrium(model, mode):
     """Faces that move, cross, leave and enter: identities are kept, every track's landmarks are
     exactly those of the single-video runner on that face's boxes (its own RwR state, reset

@@ -14,8 +14,9 @@ Images: each face is solved from zeros with the full budget (``max_iter_full``, 
 checkpoint's ``max_iter``), faces of several images batched together. Streams: faces are
 tracked (:class:`ldeq.predict.track.IoUTracker`) and every track runs RwR on its own state
 (``ldeq.video.rwr``: the mode's solve for continuing tracks, a solve from zeros for new ones), all
-tracks of a frame in one batch. The per-mode solve is the video runner's, so every mode of
-``rwr.MODES`` (and its ``RwRConfig`` parameters) is available here.
+tracks of a frame in one batch. The per-mode solve is the video runner's and each track gets the
+mode's output stage (``RwRConfig.output_filter()``, reset with the state), so every mode of
+``rwr.MODES`` (and its ``RwRConfig`` parameters) behaves here as in ``ldeq video``.
 """
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..video.rwr import RwRConfig, RwRRunner, crop_batch, uncrop_points
+from ..video.rwr import RwRConfig, RwRRunner, crop_batch, crop_sides, uncrop_points
 from .detect import as_detections, make_detector
 from .track import IoUTracker, Track
 
@@ -139,7 +140,7 @@ class Predictor:
     def _solve(self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray], restart: bool,
                states=None, crops=None):
         """Solve faces (in chunks of batch_size) -> (points (B, K, 2) px, uncertainty (B, K) px,
-        states list, crop affines (B, 2, 3))."""
+        states list, crop affines (B, 2, 3)); points before any output stage."""
         c = self.config
         pts, unc, zs, mats_all = [], [], [], []
         for s in range(0, len(frames), c.batch_size):
@@ -149,9 +150,8 @@ class Predictor:
             (kp, z), _ = self._runner._solve_group(images, None if restart else list(states[s:e]), restart, prev, mats)
             _, _, std = self.model.decode(z)
             pts.append(uncrop_points(kp, mats, c.crop_size))
-            # crop units -> frame pixels: a crop pixel is 1 / sqrt|det A| frame pixels
-            px = c.crop_size / np.sqrt(np.abs(np.linalg.det(mats[:, :, :2])))
-            unc.append(std.double().cpu().numpy() * px[:, None])
+            # crop units -> frame pixels: times the crop's side in frame pixels
+            unc.append(std.double().cpu().numpy() * crop_sides(mats, c.crop_size)[:, None])
             zs.extend(z[j].detach() for j in range(z.shape[0]))
             mats_all.append(mats)
         return np.concatenate(pts), np.concatenate(unc), zs, np.concatenate(mats_all)
@@ -201,9 +201,15 @@ class Predictor:
                 continue
             pts, unc, zs, mats = self._solve([rgb] * len(ts), [t.box for t in ts], restart,
                                              [t.state for t in ts], [t.crop for t in ts])
+            sides = crop_sides(mats, self.config.crop_size)
             for j, t in enumerate(ts):
                 t.state, t.crop = zs[j], mats[j]
-                faces[t.id] = Face(pts[j], unc[j], t.box.copy(), t.score, t.id)
+                p = pts[j]
+                if restart:  # the mode's output stage restarts with the state, as in the video runner
+                    t.extra["output_filter"] = self.config.output_filter()
+                if t.extra.get("output_filter") is not None:
+                    p = t.extra["output_filter"].step(p, scale=float(sides[j]))
+                faces[t.id] = Face(p, unc[j], t.box.copy(), t.score, t.id)
         return [faces[t.id] for t in tracks]
 
     def stream(self, frames: Iterable, boxes: Optional[Iterable] = None) -> Iterator[List[Face]]:
