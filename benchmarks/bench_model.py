@@ -11,6 +11,8 @@ usually runs its whole budget: the iterations column says so.
     python benchmarks/bench_model.py --preset small --batch 1 8      # quick look
 pytest-benchmark entry point (tiny widths): pytest benchmarks/bench_model.py --benchmark-only
 Results are printed as a markdown table and written to benchmarks/results/model_<device>.json.
+ldeq against the official-style plain PyTorch model (same weights, interleaved), training steps, the
+conv floor and the profile: benchmarks/bench_e2e.py.
 """
 from __future__ import annotations
 
