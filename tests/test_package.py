@@ -57,7 +57,7 @@ def test_cli_help_and_unknown_command(capsys):
     assert "unknown command 'no-such-command'" in err and "eval" in err
 
 
-@pytest.mark.parametrize("name", ["train", "eval", "video", "demo"])
+@pytest.mark.parametrize("name", ["train", "eval", "video", "predict", "export", "data", "demo"])
 def test_cli_subcommands_import(name):
     import importlib
     from ldeq.cli import COMMANDS
