@@ -166,6 +166,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     from .model import load_checkpoint
     try:
+        import importlib.util
+        if importlib.util.find_spec("onnx") is None:  # torch.onnx.export writes through the onnx package
+            raise ValueError("--onnx: needs the onnx package: pip install 'ldeq[export]' (or pip install onnx)")
         if os.path.exists(args.onnx) and not os.path.isdir(args.onnx):
             raise ValueError(f"--onnx {args.onnx!r}: exists and is not a folder")
         model = load_checkpoint(args.checkpoint)

@@ -110,3 +110,11 @@ def test_export_bad_input(tmp_path, capsys):
         ldeq_main(["export", "--checkpoint", str(tmp_path / "x.pt"), "--onnx", str(tmp_path / "o"),
                    "--max-iter-step", "0"])
     assert e.value.code == 2 and "--max-iter-step" in capsys.readouterr().err
+
+
+def test_export_without_the_onnx_package_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    assert ldeq_main(["export", "--checkpoint", str(tmp_path / "x.pt"), "--onnx", str(tmp_path / "o")]) == 2
+    assert "pip install 'ldeq[export]'" in capsys.readouterr().err and not (tmp_path / "o").exists()
