@@ -94,6 +94,21 @@ def test_eval_errors_are_clear(setup, tmp_path, capsys, argv, msg):
     assert msg in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, msg", [
+    ("--max-iter", "0", "argument --max-iter: expected an integer >= 1"),
+    ("--tol", "nan", "argument --tol: expected a finite number >= 0"),
+    ("--tol", "-1", "argument --tol: expected a finite number >= 0"),
+    ("--solver", "fpi", "argument --solver: invalid choice: 'fpi'"),
+    ("--batch-size", "0", "argument --batch-size: expected an integer >= 1"),
+])
+def test_eval_bad_overrides_name_the_flag_before_any_output(setup, tmp_path, capsys, flag, value, msg):
+    _, ckpt, _, _ = setup
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["--data", "synthetic", "--checkpoint", str(ckpt), "--out", str(out), flag, value])
+    assert e.value.code == 2 and msg in capsys.readouterr().err and not out.exists()
+
+
 def test_eval_original_layout_crops_on_the_fly(setup, tmp_path, capsys):
     """The original WFLW layout (annotation list with boxes and attribute flags) on the same faces."""
     root, ckpt, _, _ = setup
