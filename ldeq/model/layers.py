@@ -81,6 +81,9 @@ class SoftArgmaxNorm(nn.Module):
             self.raw_beta = nn.Parameter(torch.full((channels,), _softplus_inverse(float(beta))))
         else:
             self.beta = float(beta)
+            # the fixed beta as a tensor per (device, dtype), made on first use: a call then copies
+            # nothing host-to-device, which a CUDA graph capture forbids (not state: no buffer)
+            self._beta_tensors = {}
 
     def effective_beta(self):
         """() float or (C,) tensor: the inverse temperature actually applied (a learned beta is
@@ -103,10 +106,15 @@ class SoftArgmaxNorm(nn.Module):
             beta = self.effective_beta()
             if low:
                 h = h.float()
-                if torch.is_tensor(beta):
-                    beta = beta.float()
-            elif torch.is_tensor(beta):
+            if torch.is_tensor(beta):
                 beta = beta.to(h.dtype)
+            elif h.dtype in (torch.float32, torch.float64):
+                key = (h.device, h.dtype)
+                cache = self.__dict__.setdefault("_beta_tensors", {})
+                t = cache.get(key)
+                if t is None:
+                    t = cache[key] = torch.tensor(beta, dtype=h.dtype, device=h.device)
+                beta = t
             return heatmap_softargmax(h, beta)
 
     def extra_repr(self):
