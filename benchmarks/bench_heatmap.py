@@ -127,18 +127,18 @@ def main(argv=None):
     hint_modes = ["on", "off"] if a.huge_pages == "both" else [a.huge_pages]
     if cuda or not _ext.extension_loaded():
         hint_modes = [None]
-    initial_hint = _ext._C.huge_pages() if _ext.extension_loaded() else None
+    initial_hint = _ext.huge_pages() if _ext.extension_loaded() else None
     noop = lambda: None  # noqa: E731
     cases = {}
     for name, fwd in paths.items():
         for mode in ([None] if name == "eager" else hint_modes):
             label = name if mode is None else f"{name} [hint {mode}]"
-            set_up = noop if mode is None else (lambda on=(mode == "on"): _ext._C.set_huge_pages(on))
+            set_up = noop if mode is None else (lambda on=(mode == "on"): _ext.set_huge_pages(on))
             cases[label] = ((lambda fwd=fwd: step(fwd, logits, beta, gc, gs)), set_up)
     before = machine()
     times = time_interleaved(cases, a.runs, a.warmup, sync)
     if initial_hint is not None:
-        _ext._C.set_huge_pages(initial_hint)
+        _ext.set_huge_pages(initial_hint)
 
     src = torch.randn(shape, device=dev)
     dst = torch.empty_like(src)

@@ -8,6 +8,7 @@
 #include <set>
 #include <string>
 
+#include "common/cpu_alloc.h"
 #include "common/cpu_dispatch.h"
 
 TORCH_LIBRARY(ldeq, m) {
@@ -81,6 +82,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_capability", &cpu_capability, "The CPU capability the kernels use now: default, avx2 or avx512");
   m.def("max_cpu_capability", &max_cpu_capability,
         "The highest CPU capability this CPU supports and this build compiled");
+  m.def("huge_pages", &ldeq::huge_pages_enabled,
+        "Whether large CPU kernel outputs get the transparent-huge-page hint (csrc/common/cpu_alloc.h)");
+  m.def("set_huge_pages", &ldeq::set_huge_pages, "Turn the huge-page hint on or off; returns the previous setting");
   m.def("set_cpu_capability", &set_cpu_capability,
         "Force the CPU capability (capped at max_cpu_capability()); returns the one in effect");
 }

@@ -82,6 +82,17 @@ def forced_cpu_capability(name: str) -> Iterator[str]:
         set_cpu_capability(previous)
 
 
+def huge_pages() -> bool:
+    """Whether the CPU kernels' large outputs get the transparent-huge-page hint (csrc/common/cpu_alloc.h)."""
+    return _C is not None and _C.huge_pages()
+
+
+def set_huge_pages(on: bool) -> bool:
+    """Turn the huge-page hint on or off for this process (``LDEQ_HUGE_PAGES`` sets it at load);
+    returns the previous setting."""
+    return _C.set_huge_pages(bool(on)) if _C is not None else False
+
+
 def _kernels_by_device() -> frozenset:
     # Read once at import: plain data that torch.compile can trace through (dispatcher queries it cannot).
     if _C is None:

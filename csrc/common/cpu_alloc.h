@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 
@@ -19,13 +20,27 @@
 
 namespace ldeq {
 
-inline bool huge_pages_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("LDEQ_NO_HUGE_PAGES");
-    return v == nullptr || v[0] == '\0' || v[0] == '0';
-  }();
-  return enabled;
+// The hint's switch: LDEQ_HUGE_PAGES=1 / LDEQ_NO_HUGE_PAGES=1 at load (the default is
+// kHugePagesDefault), set_huge_pages() at run time (benchmarks and tests compare both in one process).
+constexpr bool kHugePagesDefault = true;
+
+inline std::atomic<bool>& huge_pages_flag() {
+  static std::atomic<bool> flag{[] {
+    const auto set = [](const char* name) {
+      const char* v = std::getenv(name);
+      return v != nullptr && v[0] != '\0' && v[0] != '0';
+    };
+    if (set("LDEQ_NO_HUGE_PAGES")) return false;
+    if (set("LDEQ_HUGE_PAGES")) return true;
+    return kHugePagesDefault;
+  }()};
+  return flag;
 }
+
+inline bool huge_pages_enabled() { return huge_pages_flag().load(std::memory_order_relaxed); }
+
+// Returns the previous setting.
+inline bool set_huge_pages(bool on) { return huge_pages_flag().exchange(on); }
 
 // Hint THP on the 2 MiB-aligned interior of t's storage (only memory t owns). Call before the
 // first write. Small tensors and non-CPU tensors are left alone.

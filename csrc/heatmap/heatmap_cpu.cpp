@@ -144,6 +144,11 @@ LDEQ_INLINE void exp_shift(const T* x, T* y, int64_t n, T b, T m, const T* next)
 // recomputing backward call the same body, so the recomputed heatmaps have the same bits as the
 // forward's (under one capability; another capability may differ in the last bit).
 #if LDEQ_HAVE_ISA_VARIANTS
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+// GCC 12's avx512fintrin.h initialises its "undefined" vectors with themselves (__m512 __Y = __Y).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // exp(t) for 16 floats: Cephes reduction and polynomial (as exp_approx), 2^k applied by vscalefps.
 LDEQ_TARGET_AVX512 LDEQ_INLINE __m512 exp512(__m512 t) {
   // Clamped so that k stays finite: exp(-104) is 0 and exp(89) inf in float32. max/min return
@@ -176,6 +181,9 @@ LDEQ_TARGET_AVX512 LDEQ_NOINLINE void exp_shift_avx512(const float* x, float* y,
     _mm512_mask_storeu_ps(y + i, tail, exp512(_mm512_mul_ps(vb, _mm512_sub_ps(v, vm))));
   }
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 template <Isa isa, typename T>
 LDEQ_INLINE void exp_shift_vec(const T* x, T* y, int64_t n, T b, T m, const T* next) {
