@@ -35,9 +35,8 @@ def main(argv=None):
                    help="zig targets (x86_64-linux-gnu: the AVX2/AVX-512 entry points; aarch64-linux-gnu: portable only)")
     p.add_argument("--out-dir", default=None, help="object files go here (default: a temporary folder)")
     a = p.parse_args(argv)
-    try:
-        import ziglang  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("ziglang") is None:
         print("clang_build_check: the `ziglang` package is missing: pip install ziglang", file=sys.stderr)
         return 2
     import tempfile
