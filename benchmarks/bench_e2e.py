@@ -236,7 +236,7 @@ def cell_rates(model, plain, cfg, device, rounds):
 _COPIES = {"copy_", "cat", "contiguous", "clone", "empty", "empty_like", "empty_strided", "_to_copy", "to",
            "zeros", "zeros_like", "fill_", "zero_", "as_strided", "resize_", "new_zeros", "new_empty"}
 _NORMS = {"group_norm", "native_group_norm", "batch_norm", "native_batch_norm", "_batch_norm_impl_index",
-          "_native_batch_norm_legit_no_training", "var_mean", "addcmul", "rsqrt"}
+          "_native_batch_norm_legit_no_training", "layer_norm", "native_layer_norm"}
 
 
 def _category(name: str) -> str:

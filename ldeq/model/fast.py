@@ -167,6 +167,8 @@ class PackedCell:
         # z half of the tail conv: no bias (it is in c), activation after adding c
         self.tail_z = _PackedConv(cell.tail, weight=cell.tail.conv.weight[:, :Z], bias=False, act=False)
         self.tail_act = cell.tail.act
+        # x half of the tail conv, with the bias: the injection constant c = W_x x + b
+        self.tail_x = _PackedConv(cell.tail, weight=cell.tail.conv.weight[:, Z:], act=False)
         hg = cell.hourglass
         self.blocks = {id(m): _PackedConv(m) for m in hg.modules() if isinstance(m, Conv)}
         self.merges = {id(b): _PackedMerge(b, b.conv.in_channels // 2)  # concat[skip, up]: equal halves
@@ -178,6 +180,9 @@ class PackedCell:
 
     def _merge(self, block: Conv, skip: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return self.merges[id(block)](skip, d)
+
+    def inject(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail_x.conv(x)
 
     def step(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         y = self.tail_z.conv_add(z, c)  # conv(z, W_z) + c in one pass (c holds the bias)

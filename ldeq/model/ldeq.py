@@ -78,6 +78,8 @@ class Cell(nn.Module):
         The official cell convolves concat[z, x]; that equals W_z * z + (W_x * x + bias), and the
         bracket does not change during a solve: compute it once per solve, then call ``step``.
         """
+        if fast.use_packed(injection):
+            return fast.packed_cell(self).inject(injection)
         conv = self.tail.conv
         return F.conv2d(injection, conv.weight[:, self.z_width:], conv.bias)
 
