@@ -3,9 +3,13 @@
 // A tensor of tens of MB is a fresh glibc mmap each time it is allocated (above the mmap
 // threshold), and the first write to each 4 KiB page takes a page fault: about 10 ms for a
 // 51 MB (32, 98, 64, 64) float32 tensor on the development machine, against ~1.5 ms for the
-// write itself. Asking for transparent huge pages on that one buffer (MADV_HUGEPAGE, a hint on
-// this mapping only, nothing process-wide) takes 2 MiB per fault: ~2.5 ms measured. With THP set
-// to "never" the hint is ignored; LDEQ_NO_HUGE_PAGES=1 turns it off. See docs/architecture.md.
+// write itself. Transparent huge pages on that one buffer (MADV_HUGEPAGE, a hint on this mapping
+// only, nothing process-wide) take 2 MiB per fault: ~2.5 ms measured when memory is free. But with
+// THP defrag=madvise such a fault may stop for memory compaction: on a loaded or fragmented host
+// the hint gave the worst tails (issue 14: 158-198 ms runs against a steady 50 ms; 2026-11-30 on
+// the dev machine: p95/median 2.05 for the fused op, 1.77 for the two ops, against 1.31 and 1.12
+// without it, and a worse mean for the two ops). So the hint is opt-in: LDEQ_HUGE_PAGES=1 at load,
+// or ldeq._ext.set_huge_pages(True). See docs/architecture.md and docs/benchmarks.md.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,7 +26,7 @@ namespace ldeq {
 
 // The hint's switch: LDEQ_HUGE_PAGES=1 / LDEQ_NO_HUGE_PAGES=1 at load (the default is
 // kHugePagesDefault), set_huge_pages() at run time (benchmarks and tests compare both in one process).
-constexpr bool kHugePagesDefault = true;
+constexpr bool kHugePagesDefault = false;  // opt-in, see above
 
 inline std::atomic<bool>& huge_pages_flag() {
   static std::atomic<bool> flag{[] {
