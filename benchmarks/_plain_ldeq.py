@@ -46,10 +46,10 @@ class Hourglass(nn.Module):
         self.same3, self.upchan3 = Conv(w2, w2, 3, **kw), Conv(w2, w3, 3, **kw)
         self.same4, self.upchan4 = Conv(w3, w3, 3, **kw), Conv(w3, w4, 3, **kw)
         self.bottlneck = Conv(w4, w4, 3, **kw)
-        self.downchan1, self.downchan2, self.same5 = Conv(w4, w3, 3, **kw), Conv(2 * w3, w3, 1, **kw), Conv(w3, w3, 5, **kw)
-        self.downchan3, self.downchan4, self.same6 = Conv(w3, w2, 3, **kw), Conv(2 * w2, w2, 1, **kw), Conv(w2, w2, 5, **kw)
-        self.downchan5, self.downchan6, self.same7 = Conv(w2, w1, 3, **kw), Conv(2 * w1, w1, 1, **kw), Conv(w1, w1, 5, **kw)
-        self.downchan7, self.downchan8, self.same8 = Conv(w1, w0, 3, **kw), Conv(2 * w0, w0, 1, **kw), Conv(w0, w0, 5, **kw)
+        for k, (a, b) in enumerate(((w4, w3), (w3, w2), (w2, w1), (w1, w0))):
+            setattr(self, f"downchan{2 * k + 1}", Conv(a, b, 3, **kw))  # registration order as the official
+            setattr(self, f"downchan{2 * k + 2}", Conv(2 * b, b, 1, **kw))
+            setattr(self, f"same{k + 5}", Conv(b, b, 5, **kw))
 
     def forward(self, x):
         s1 = self.same1(x)

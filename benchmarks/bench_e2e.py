@@ -176,8 +176,9 @@ def run_works(works, names, rounds, device):
         row["speedup"] = min(times["plain"]) / min(times["ldeq"])
         row["speedup_cpu_time"] = min(cpu["plain"]) / min(cpu["ldeq"])
         res[name] = row
+        diffs = {k: v for k, v in row.items() if "diff" in k}
         print(f"  {name}: plain {min(times['plain']):.3f} s, ldeq {min(times['ldeq']):.3f} s, "
-              f"x{row['speedup']:.2f} (CPU time x{row['speedup_cpu_time']:.2f}), {({k: v for k, v in row.items() if 'diff' in k})}, load {row['load']}",
+              f"x{row['speedup']:.2f} (CPU time x{row['speedup_cpu_time']:.2f}), {diffs}, load {row['load']}",
               flush=True)
     return res
 
@@ -426,7 +427,8 @@ def to_markdown(res) -> str:
             val = (lambda m: f"{m['items_per_s']:.2f} frames/s") if unit == "frames/s" else (
                 lambda m: f"{m['best_s'] * 1e3:.0f} ms")
             agree = ", ".join(f"{k} {v:.1e}" for k, v in w.items() if "diff" in k)
-            lines.append(f"| {name} | {val(w['plain'])} | {val(w['ldeq'])} | {w['speedup']:.2f}x | {w['speedup_cpu_time']:.2f}x | {agree} |")
+            lines.append(f"| {name} | {val(w['plain'])} | {val(w['ldeq'])} | {w['speedup']:.2f}x | "
+                         f"{w['speedup_cpu_time']:.2f}x | {agree} |")
         c = r["cell"]
         fl = ", ".join(f"{k} {v:.0f}" for k, v in r["floor_gflops"].items())
         lines += ["", f"cell call (batch 1): {c['gflop_per_call']:.2f} GFLOP (official cell); plain "
@@ -440,7 +442,8 @@ def to_markdown(res) -> str:
             for k in sorted(set(pp["self_ms"]) | set(pl["self_ms"]), key=lambda k: -pp["self_ms"].get(k, 0)):
                 lines.append(f"| {k} | {pp['self_ms'].get(k, 0):.0f} | {100 * pp['share'].get(k, 0):.1f} | "
                              f"{pl['self_ms'].get(k, 0):.0f} | {100 * pl['share'].get(k, 0):.1f} |")
-            lines += [f"| `_slow_conv2d_forward` calls | {pp['slow_conv2d_calls']} | | {pl['slow_conv2d_calls']} | |", ""]
+            lines += [f"| `_slow_conv2d_forward` calls | {pp['slow_conv2d_calls']} | | "
+                      f"{pl['slow_conv2d_calls']} | |", ""]
         if "autocast" in r:
             a = r["autocast"]
             lines += [f"bf16 autocast full solve b1: {a['bf16_autocast_s'] * 1e3:.0f} ms vs float32 "
