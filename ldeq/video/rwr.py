@@ -33,8 +33,9 @@ Modes (reference section 3):
            detector box's jitter does not move it;
         2. one application q = f(anchor; x_t) gives each landmark's innovation
            d_k = ||kp_k(q) - kp_k(anchor)|| (crop units): how far frame t pulls it;
-        3. gamma_k = gamma / (1 + (d_k / gamma_speed)^2): a landmark the image pulls far (a moving
-           face) gets little memory, one that only jitters (a still face, noise) keeps a lot;
+        3. gamma_k = gamma / (1 + (d_k / gamma_speed)^2) (gamma = ``adaptive_gamma``, gamma_speed =
+           ``adaptive_speed``): a landmark the image pulls far (a moving face) gets little memory,
+           one that only jitters (a still face, noise) keeps a lot;
         4. prox iterations with that per-landmark gamma, the first one reusing q (the same
            ``max_iter_adaptive`` + 1 cell calls per frame as prox);
         5. the landmarks (frame pixels) go through an innovation-gated constant-velocity Kalman
@@ -42,6 +43,7 @@ Modes (reference section 3):
            ``adaptive_gate`` in units of the crop side; ``adaptive_q = 0`` skips it): the state
            carries the memory of the equilibrium, the output stage removes what flicker is left
            and follows a landmark as soon as it moves far. Reset with the state (first frame, gaps).
+        The state must be a stack of maps over the crop (B, C, S, S), as the LDEQ's heatmaps are.
 
 Crops (reference section 3): box (x1, y1, x2, y2) -> square of side max(w, h) * 1.2 around its
 centre -> affine warp to S x S (ldeq.data.crop); keypoints go back through the inverse affine, so
