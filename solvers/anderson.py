@@ -11,6 +11,48 @@ from ._stats import SolverStats
 LAM_MODES = ("rel", "abs")
 #: Default relative regularisation (lam_mode 'rel'), chosen by benchmarks/bench_time_to_tol.py.
 LAM_DEFAULT = 1e-8
+#: Default restart threshold: a sample whose residual exceeds this multiple of its lowest residual
+#: so far, or whose lowest residual has not improved for m iterations, drops its history (chosen
+#: by benchmarks/bench_time_to_tol.py: see docs/solvers.md).
+RESTART_DEFAULT = 1.5
+
+
+def masked_bordered_solve(H: torch.Tensor, n: int, lam: float, rel: bool, newest: int,
+                          valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Anderson coefficients over the history slots each sample still trusts.
+
+    H (B, m, m) float64 Gram matrix, n slots in use, valid (B, n) bool (the newest slot is always
+    valid). Solves min ||sum_i a_i g_i||^2 + lam s ||a||^2 s.t. sum_i a_i = 1 and a_i = 0 on
+    invalid slots (s = max valid H_ii when ``rel``, else 1) as one batched (B, n + 1) bordered
+    system; a failed or non-finite solve retries with lam + 1e-6 (relative), then falls back to
+    the plain step a = e_newest. No host synchronisation. Returns (alpha (B, n) f64, fallback (B,) bool).
+    """
+    B, dev, f64 = H.shape[0], H.device, torch.float64
+    vf = valid.to(f64)
+    Hn = H[:, :n, :n]
+    diag = Hn.diagonal(dim1=1, dim2=2)
+    scale = (diag * vf).amax(1).clamp_min(_TINY_GRAM)
+    Hn = Hn / scale[:, None, None]  # O(1) entries in both modes: alpha does not change
+    lam_eff = torch.full((B,), lam, dtype=f64, device=dev) if rel else lam / scale
+    eye = torch.eye(n, dtype=f64, device=dev)
+    A = torch.zeros(B, n + 1, n + 1, dtype=f64, device=dev)
+    A[:, 0, 1:] = vf
+    A[:, 1:, 0] = vf
+    rhs = torch.zeros(B, n + 1, 1, dtype=f64, device=dev)
+    rhs[:, 0] = 1.0
+    e = torch.zeros(B, n, dtype=f64, device=dev)
+    e[:, newest] = 1.0
+    alpha, bad = e, torch.ones(B, dtype=torch.bool, device=dev)
+    for extra in (1e-6, 0.0):  # the second solve (the requested lam) wins where it succeeds
+        reg = (lam_eff + extra)[:, None] * vf + (1.0 - vf)  # invalid slots: a_i = 0 exactly
+        A[:, 1:, 1:] = Hn * (vf[:, :, None] * vf[:, None, :]) + eye * reg[:, None, :]
+        sol, info = torch.linalg.solve_ex(A, rhs)
+        a = sol[:, 1:, 0]
+        ok = (info == 0) & torch.isfinite(a).all(1)
+        alpha = torch.where(ok[:, None], a, alpha)
+        bad = ~ok if extra == 0.0 else bad & ~ok
+    fallback = bad  # the requested regularisation failed (a larger one or the plain step was used)
+    return alpha, fallback
 # Smallest Gram scale the relative regularisation divides by (an exactly converged sample has H = 0).
 _TINY_GRAM = 1e-300
 
@@ -25,7 +67,7 @@ def check_backend(backend: str) -> bool:
 @accepts_state_lists
 @torch.no_grad()
 def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT, lam_mode: str = "rel",
-             beta: Optional[float] = None, tau: Optional[float] = None, max_iter: int = 50,
+             restart: float = RESTART_DEFAULT, beta: Optional[float] = None, tau: Optional[float] = None, max_iter: int = 50,
              tol: float = 1e-3, stop_mode: str = "rel", eps: float = 1e-9,
              f_subset: Optional[Callable] = None, trajectory: Optional[Sequence[int]] = None,
              backend: str = "auto", **unknown) -> Tuple[StateLike, SolverStats]:
@@ -49,6 +91,12 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
             takes and returns such a list; the result is one too).
         m: history size (>= 1). lam: Tikhonov regularisation of the Gram matrix (>= 0), relative to
             its scale (lam_mode 'rel') or absolute (lam_mode 'abs').
+        restart: safeguard (0 = off): a sample whose residual (stop mode) exceeds ``restart`` x its
+            lowest residual so far, or whose lowest residual has not improved for m iterations,
+            forgets its history and takes a plain damped step from its newest iterate (a normal event,
+            not flagged in stats.safeguard). Without it Anderson stalls on maps that are not contractive enough
+            (a transformer layer: docs/solvers.md). With restart > 0 the small bordered system is
+            solved in batched torch (masked slots); restart=0 uses the fused kernel solve.
         beta / tau: damping in (0, 1] (tau is TorchDEQ's name). max_iter: evaluations of f (>= 1).
         tol: per-sample stop threshold (>= 0; 0 runs exactly max_iter evaluations).
         stop_mode: 'rel' (||f(z)-z|| / (||f(z)|| + eps)) or 'abs' (||f(z)-z||), per sample.
@@ -69,6 +117,9 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
     if lam_mode not in LAM_MODES:
         raise ValueError(f"lam_mode must be 'rel' (lam relative to the Gram matrix's scale) or 'abs' "
                          f"(TorchDEQ's absolute lam), got {lam_mode!r}")
+    restart = check_float("restart", restart, 0.0)
+    if 0.0 < restart < 1.0:
+        raise ValueError(f"restart must be 0 (off) or a factor >= 1, got {restart!r}")
     beta = resolve_damping("anderson", beta, tau)
     its = check_trajectory(trajectory, max_iter)
     use_ref = check_backend(backend)
@@ -80,22 +131,39 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
     H = torch.zeros(B, m, m, dtype=torch.float64, device=z.device)
     X[0].copy_(z)
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "anderson", n_keys=m)
+    written = [0] * m  # iteration that last wrote each slot (host: the schedule is k % m)
+    restart_at = torch.zeros(B, dtype=torch.long, device=z.device)  # slots written before are forgotten
+    last_improved = torch.zeros(B, dtype=torch.long, device=z.device)
     for k in range(max_iter):
         slot = k % m
         if k > 0:
             n = min(k, m)
-            Hk = H
-            if lam_mode == "rel":  # alpha is invariant to scaling H: divide by its scale, keep lam
-                scale = H.diagonal(dim1=1, dim2=2)[:, :n].amax(1).clamp_min(_TINY_GRAM)
-                Hk = H / scale[:, None, None]
-            alpha, fallback = K.anderson_solve(Hk, n, lam, (k - 1) % m, use_reference=use_ref)
+            if restart > 0:
+                w = torch.tensor(written[:n], dtype=torch.long, device=z.device)  # an upload, not a read
+                valid = w[None, :] >= restart_at[:, None]
+                alpha, fallback = masked_bordered_solve(H, n, lam, lam_mode == "rel", (k - 1) % m, valid)
+            else:
+                Hk = H
+                if lam_mode == "rel":  # alpha is invariant to scaling H: divide by its scale, keep lam
+                    scale = H.diagonal(dim1=1, dim2=2)[:, :n].amax(1).clamp_min(_TINY_GRAM)
+                    Hk = H / scale[:, None, None]
+                alpha, fallback = K.anderson_solve(Hk, n, lam, (k - 1) % m, use_reference=use_ref)
             tr.flag(fallback)
             tr.evict(slot)  # X[slot] is overwritten next: save lowest iterates that live there
             K.anderson_mix(X, G, alpha, beta, slot, n, tr.active, use_reference=use_ref)
         fz = feval(X[slot], tr.active, tr.n_active, tr.active_host)
         res_sq, fz_sq = K.anderson_update(X, G, fz, H, slot, min(k + 1, m), tr.active,
                                           use_reference=use_ref)
+        lowest_before = tr.rel_lowest if stop_mode == "rel" else tr.abs_lowest
         tr.record(k, res_sq.sqrt(), fz_sq.sqrt(), slot, X[slot])
+        written[slot] = k
+        if restart > 0 and k > 0:
+            res = tr.rel_trace[:, k] if stop_mode == "rel" else tr.abs_trace[:, k]
+            improved = res < lowest_before
+            last_improved = torch.where(improved, torch.full_like(last_improved, k), last_improved)
+            # blow-up, or no progress for m iterations since the last improvement and restart
+            trigger = (res > restart * lowest_before) | ((k - last_improved >= m) & (k - restart_at >= m))
+            restart_at = torch.where(trigger, torch.full_like(restart_at, k), restart_at)
         if tr.n_active == 0:
             break
     return tr.finish(z0.shape)

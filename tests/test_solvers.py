@@ -85,7 +85,7 @@ def test_anderson_matches_torchdeq_iterate_for_iterate(m, lam, torchdeq_solver):
     z0 = 0.1 * torch.ones_like(x)
     T = 14
     zt, _, it = torchdeq_solver.anderson_solver(f, z0, max_iter=T, tol=0, stop_mode="abs", m=m, lam=lam)
-    z, st = S.anderson(f, z0, max_iter=T, tol=0, stop_mode="abs", m=m, lam=lam, lam_mode="abs")
+    z, st = S.anderson(f, z0, max_iter=T, tol=0, stop_mode="abs", m=m, lam=lam, lam_mode="abs", restart=0)
     # TorchDEQ records from its third evaluation on (column 0 is its 1e8 placeholder).
     torch.testing.assert_close(st.abs_trace[:, 2:], it["abs_trace"][:, 1:], rtol=1e-9, atol=1e-13)
     torch.testing.assert_close(st.rel_trace[:, 2:], it["rel_trace"][:, 1:], rtol=1e-9, atol=1e-13)
