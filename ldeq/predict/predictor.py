@@ -147,7 +147,7 @@ class Predictor:
             e = s + c.batch_size
             images, mats = crop_batch(frames[s:e], boxes[s:e], c.crop_size, c.crop_scale)
             prev = None if restart else np.stack(crops[s:e])
-            (kp, z), _ = self._runner._solve_group(images, None if restart else list(states[s:e]), restart, prev, mats)
+            (kp, z), _ = self._runner.solve_group(images, None if restart else list(states[s:e]), restart, prev, mats)
             _, _, std = self.model.decode(z)
             pts.append(uncrop_points(kp, mats, c.crop_size))
             # crop units -> frame pixels: times the crop's side in frame pixels

@@ -1,4 +1,4 @@
-"""The video part of ``make demo``: synthetic clips -> off / warm / prox and every filter baseline ->
+"""The video part of ``make demo``: synthetic clips -> every RwR mode (off / warm / prox / adaptive) and every filter baseline ->
 a markdown NME/NMF table, an NMF bar chart and an annotated side-by-side video.
 
     from ldeq.video.demo import run_video_demo
@@ -16,7 +16,7 @@ import numpy as np
 from .._io import atomic_savefig, atomic_write_text
 from .evaluate import DEFAULT_FILTERS, compare, format_table, write_json
 from .io import AtomicVideoWriter, draw_landmarks
-from .rwr import RwRConfig
+from .rwr import MODES as RWR_MODES, RwRConfig
 from .synthetic import EVENTS, make_synthetic_videos
 
 
@@ -27,7 +27,7 @@ def _bar_chart(path: str, rows, title: str) -> None:
 
     names = [r["method"] for r in rows]
     nmf = [r["nmf"] for r in rows]
-    colours = ["#888888" if n == "off" else "#2a7fd4" if n in ("warm", "prox") else "#e0a030" for n in names]
+    colours = ["#888888" if n == "off" else "#2a7fd4" if n in RWR_MODES else "#e0a030" for n in names]
     fig, ax = plt.subplots(figsize=(8, 3.8))
     bars = ax.bar(range(len(rows)), nmf, color=colours)
     for b, r in zip(bars, rows):
@@ -56,7 +56,7 @@ def run_video_demo(checkpoint: str, out_dir: str, n_videos: int = 4, n_frames: i
                    max_iter_warm: int = 1, batch_size: int = 8, filters: Optional[dict] = None,
                    progress: bool = True) -> dict:
     """Renders ``n_videos`` synthetic clips (lengths n_frames, n_frames - 8, ...; every ambiguous
-    stretch in each), runs modes off / warm / prox and the filter baselines, and writes into ``out_dir``:
+    stretch in each), runs modes off / warm / prox / adaptive and the filter baselines, and writes into ``out_dir``:
     ``video_table.md``, ``video_results.json``, ``video_nmf.png`` and ``video_annotated.mp4``.
     Returns {'rows': [...], 'files': [...]}."""
     from .model_solve import LDEQSolve, load_ldeq_for_video
@@ -70,7 +70,7 @@ def run_video_demo(checkpoint: str, out_dir: str, n_videos: int = 4, n_frames: i
                     max_iter_prox=max_iter_warm, gamma=gamma, batch_size=batch_size, crop_size=model.cfg.image_size)
     preds: dict = {}
     rows = compare(solve, [v.frames for v in videos], [v.boxes for v in videos], [v.landmarks for v in videos],
-                   ("off", "warm", "prox"), DEFAULT_FILTERS if filters is None else filters, cfg,
+                   RWR_MODES, DEFAULT_FILTERS if filters is None else filters, cfg,
                    progress=progress, device=device, predictions=preds)
     settings = (f"{n_videos} synthetic clips of {lengths[-1]}-{lengths[0]} frames (seed {seed}; occluder, motion blur "
                 f"and flicker stretches), checkpoint `{checkpoint}`, full solve: {model.cfg.solver} "
@@ -82,7 +82,7 @@ def run_video_demo(checkpoint: str, out_dir: str, n_videos: int = 4, n_frames: i
     atomic_write_text(files[0], f"# RwR on synthetic video\n\n{settings}\n\n{format_table(rows)}\n")
     write_json(files[1], {"settings": settings, "rows": rows})
     _bar_chart(files[2], rows, f"NMF on {n_videos} synthetic clips")
-    _annotated_video(files[3], videos[0], {m: preds[m][0] for m in ("off", "warm", "prox")}, ["off", "warm", "prox"],
+    _annotated_video(files[3], videos[0], {m: preds[m][0] for m in RWR_MODES}, list(RWR_MODES),
                      videos[0].fps)
     if progress:
         print(format_table(rows))

@@ -181,7 +181,15 @@ class RwRRunner:
         self.partial: List[List[np.ndarray]] = []
         self.iters: List[List[int]] = []
 
-    def _solve_group(self, images, states, restart: bool, mats_prev=None, mats_cur=None):
+    def solve_group(self, images, states, restart: bool, mats_prev=None, mats_cur=None):
+        """One RwR step for a group of streams that all restart or all continue.
+
+        images (G, 3, S, S) crops; states: G previous equilibria (B, ...) each, or None when
+        ``restart``; mats_prev / mats_cur: (G, 2, 3) crop affines of the previous and current frame
+        (mode 'adaptive' warps the states between them). Returns ((keypoints (G, K, 2) in crop units,
+        z_star (G, ...)), iteration budget used). The mode's output stage
+        (``config.output_filter()``) is the caller's, per stream.
+        """
         c = self.config
         images = images.to(self.device)
         if restart or c.mode == "off":
@@ -260,7 +268,7 @@ class RwRRunner:
                         continue
                     images, mats = crop_batch([it[2] for it in items], [it[3] for it in items], c.crop_size, c.crop_scale)
                     prev = None if restart else np.stack([crop_of[it[0]] for it in items])
-                    (kp, z_star), budget = self._solve_group(images, [state[it[0]] for it in items], restart,
+                    (kp, z_star), budget = self.solve_group(images, [state[it[0]] for it in items], restart,
                                                              prev, mats)
                     pts = uncrop_points(kp, mats, c.crop_size)
                     n_kp = pts.shape[1]
