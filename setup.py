@@ -3,7 +3,11 @@
 Build switches (environment variables):
   FORCE_CUDA=1           compile the CUDA kernels even when no GPU is visible (CI does this).
   LDEQ_NO_CUDA=1         never compile CUDA kernels.
-  TORCH_CUDA_ARCH_LIST   CUDA architectures; default "8.0;9.0+PTX" when CUDA is forced.
+  TORCH_CUDA_ARCH_LIST   CUDA architectures, always honoured when set. Default: the visible GPUs'
+                         architectures; with no GPU visible, the broad list 7.0;7.5;8.0;8.6;8.9;9.0+PTX
+                         filtered to what this nvcc accepts (`nvcc --list-gpu-arch`; CUDA 13 dropped
+                         sm < 7.5, so 7.5;8.0;8.6;8.9;9.0+PTX there). The PTX of 9.0 is JIT-compiled on
+                         newer GPUs.
   MAX_JOBS               parallel compile jobs; default: the CPUs this process may run on.
 
 The extension must be built against the torch already installed, so install with
@@ -82,11 +86,44 @@ def _default_max_jobs():
         return os.cpu_count() or 1
 
 
+BROAD_CUDA_ARCHS = ("7.0", "7.5", "8.0", "8.6", "8.9", "9.0")
+
+
+def _nvcc_archs():
+    """Compute capabilities this nvcc compiles for ({'7.5', '8.0', ...}), or None when it cannot say."""
+    import subprocess
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else shutil.which("nvcc")
+    try:
+        out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError, TypeError):
+        return None
+    archs = {f"{a[:-1]}.{a[-1]}" for a in (w.split("_", 1)[1] for w in out.split() if w.startswith("compute_"))
+             if a.isdigit()}
+    return archs or None
+
+
+def _default_cuda_arch_list():
+    """(arch list, why): the visible GPUs' architectures, else the broad list nvcc accepts (+PTX)."""
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{a}.{b}" for a, b in caps), "the visible GPUs"
+    known = _nvcc_archs()
+    archs = [a for a in BROAD_CUDA_ARCHS if known is None or a in known]
+    if not archs:  # an nvcc newer than every arch of the broad list: its oldest arch, as PTX
+        archs = [min(known, key=lambda a: tuple(map(int, a.split("."))))]
+    dropped = [a for a in BROAD_CUDA_ARCHS if a not in archs]
+    why = "no GPU visible: broad list" + (f" without {', '.join(dropped)} (not supported by this nvcc)" if dropped else "")
+    return ";".join(archs[:-1] + [archs[-1] + "+PTX"]), why
+
+
 def make_extensions():
     with_cuda, why = _want_cuda()
     os.environ.setdefault("MAX_JOBS", str(_default_max_jobs()))
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            arch_why = "TORCH_CUDA_ARCH_LIST set by the caller"
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"], arch_why = _default_cuda_arch_list()
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "common", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "*", "*_cpu.cpp")))
@@ -102,7 +139,7 @@ def make_extensions():
     print(f"ldeq build: torch {torch.__version__} (CUDA {torch.version.cuda})")
     print(f"ldeq build: CUDA kernels {'ON' if with_cuda else 'OFF'} ({why})")
     if with_cuda:
-        print(f"ldeq build: CUDA_HOME={CUDA_HOME} TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+        print(f"ldeq build: CUDA_HOME={CUDA_HOME} TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} ({arch_why})")
     print(f"ldeq build: MAX_JOBS={os.environ['MAX_JOBS']} sources={len(sources) + (len(cuda_sources) if with_cuda else 0)}")
     print("=" * 70)
     if with_cuda:

@@ -1,5 +1,6 @@
-// CUDA kernels of Anderson acceleration; see anderson.h for the contract. Reductions: grid
-// (blocks, B) grid-stride loops, float64 block sums, one atomicAdd per block and output.
+// CUDA kernels of Anderson acceleration; see anderson.h for the contract. Reductions: (sample,
+// block) tasks flattened into gridDim.x, float64 block sums written to per-block partials and added
+// in block order by reduce_partials (deterministic; solver_cuda_common.cuh).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -18,51 +19,55 @@
 namespace ldeq {
 namespace {
 
-// out (B, n + 1): n Gram entries <g, G_i>, then ||fz||^2.
+// partial (B, nblk, n + 1): per-block sums of the n Gram entries <g, G_i>, then ||fz||^2.
 template <typename scalar_t>
 __global__ void update_kernel(const scalar_t* __restrict__ X, scalar_t* __restrict__ G, const scalar_t* __restrict__ fz,
                               const bool* __restrict__ active, int64_t B, int64_t d, int64_t slot, int64_t n,
-                              double* __restrict__ out) {
+                              int64_t nblk, double* __restrict__ partial) {
   __shared__ double sh[32];
-  const int64_t b = blockIdx.y;
-  if (!active[b]) return;
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  const int64_t j0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const scalar_t* x = X + (slot * B + b) * d;
-  scalar_t* g = G + (slot * B + b) * d;
-  const scalar_t* f = fz + b * d;
-  double fsq = 0.0;
-  for (int64_t j = j0; j < d; j += stride) {
-    const scalar_t gv = f[j] - x[j];
-    g[j] = gv;  // read back below by this same thread only
-    const double fv = static_cast<double>(f[j]);
-    fsq += fv * fv;
-  }
-  fsq = block_sum(fsq, sh);
-  if (threadIdx.x == 0) atomicAdd(out + b * (n + 1) + n, fsq);
-  for (int64_t i = 0; i < n; ++i) {
-    const scalar_t* gi = G + (i * B + b) * d;
-    double acc = 0.0;
-    for (int64_t j = j0; j < d; j += stride) acc += static_cast<double>(g[j]) * static_cast<double>(gi[j]);
-    acc = block_sum(acc, sh);
-    if (threadIdx.x == 0) atomicAdd(out + b * (n + 1) + i, acc);
+  for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
+    const int64_t b = t / nblk, blk = t % nblk;
+    if (!active[b]) continue;  // uniform over the block
+    const int64_t stride = nblk * blockDim.x;
+    const int64_t j0 = blk * blockDim.x + threadIdx.x;
+    const scalar_t* x = X + (slot * B + b) * d;
+    scalar_t* g = G + (slot * B + b) * d;
+    const scalar_t* f = fz + b * d;
+    double* out = partial + t * (n + 1);
+    double fsq = 0.0;
+    for (int64_t j = j0; j < d; j += stride) {
+      const scalar_t gv = f[j] - x[j];
+      g[j] = gv;  // read back below by this same thread only
+      const double fv = static_cast<double>(f[j]);
+      fsq += fv * fv;
+    }
+    fsq = block_sum(fsq, sh);
+    if (threadIdx.x == 0) out[n] = fsq;
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* gi = G + (i * B + b) * d;
+      double acc = 0.0;
+      for (int64_t j = j0; j < d; j += stride) acc += static_cast<double>(g[j]) * static_cast<double>(gi[j]);
+      acc = block_sum(acc, sh);
+      if (threadIdx.x == 0) out[i] = acc;
+    }
   }
 }
 
 __global__ void update_finish_kernel(const double* __restrict__ row, const bool* __restrict__ active, int64_t B,
                                      int64_t m, int64_t slot, int64_t n, double* __restrict__ H,
                                      double* __restrict__ res_sq, double* __restrict__ fz_sq) {
-  const int64_t b = blockIdx.x;
-  if (!active[b]) return;
-  const double* r = row + b * (n + 1);
-  double* Hb = H + b * m * m;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    Hb[slot * m + i] = r[i];
-    Hb[i * m + slot] = r[i];
-  }
-  if (threadIdx.x == 0) {
-    res_sq[b] = r[slot];
-    fz_sq[b] = r[n];
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    if (!active[b]) continue;
+    const double* r = row + b * (n + 1);
+    double* Hb = H + b * m * m;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      Hb[slot * m + i] = r[i];
+      Hb[i * m + slot] = r[i];
+    }
+    if (threadIdx.x == 0) {
+      res_sq[b] = r[slot];
+      fz_sq[b] = r[n];
+    }
   }
 }
 
@@ -77,14 +82,16 @@ std::tuple<at::Tensor, at::Tensor> anderson_update_cuda(at::Tensor X, at::Tensor
   at::Tensor row = at::zeros({B, n + 1}, opts);
   at::Tensor res_sq = at::zeros({B}, opts), fz_sq = at::zeros({B}, opts);
   if (B == 0 || d == 0) return {res_sq, fz_sq};
-  dim3 grid(reduction_blocks(d, B), B);
+  const int64_t nblk = reduction_blocks(d, B);
+  at::Tensor partial = at::zeros({B, nblk, n + 1}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_update_cuda", [&] {
-    update_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(X.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(),
-                                                          fz.data_ptr<scalar_t>(), active.data_ptr<bool>(), B, d,
-                                                          slot, n, row.data_ptr<double>());
+    update_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, stream>>>(
+        X.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), fz.data_ptr<scalar_t>(), active.data_ptr<bool>(), B, d, slot,
+        n, nblk, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  update_finish_kernel<<<B, 32, 0, stream>>>(row.data_ptr<double>(), active.data_ptr<bool>(), B, m, slot, n,
+  reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, n + 1, row.data_ptr<double>(), stream);
+  update_finish_kernel<<<grid_for(B), 32, 0, stream>>>(row.data_ptr<double>(), active.data_ptr<bool>(), B, m, slot, n,
                                              H.data_ptr<double>(), res_sq.data_ptr<double>(),
                                              fz_sq.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -94,10 +101,9 @@ std::tuple<at::Tensor, at::Tensor> anderson_update_cuda(at::Tensor X, at::Tensor
 __global__ void solve_kernel(const double* __restrict__ H, int64_t B, int64_t m, int64_t n, double lam,
                              int64_t newest, double* __restrict__ alpha, bool* __restrict__ fallback,
                              double* __restrict__ work) {
-  const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (b >= B) return;
-  fallback[b] = anderson_solve_one(H + b * m * m, (int)m, (int)n, lam, (int)newest, alpha + b * n,
-                                   work + b * (n + 1) * (n + 2));
+  for (int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; b < B; b += (int64_t)gridDim.x * blockDim.x)
+    fallback[b] = anderson_solve_one(H + b * m * m, (int)m, (int)n, lam, (int)newest, alpha + b * n,
+                                     work + b * (n + 1) * (n + 2));
 }
 
 std::tuple<at::Tensor, at::Tensor> anderson_solve_cuda(const at::Tensor& H, int64_t n, double lam, int64_t newest) {
@@ -109,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor> anderson_solve_cuda(const at::Tensor& H, int6
   if (B == 0) return {alpha, fallback};
   auto work = at::empty({B, (n + 1) * (n + 2)}, H.options());
   const int threads = 64;
-  solve_kernel<<<(B + threads - 1) / threads, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  solve_kernel<<<grid_for((B + threads - 1) / threads), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
       H.data_ptr<double>(), B, m, n, lam, newest, alpha.data_ptr<double>(), fallback.data_ptr<bool>(),
       work.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -119,19 +125,21 @@ std::tuple<at::Tensor, at::Tensor> anderson_solve_cuda(const at::Tensor& H, int6
 template <typename scalar_t>
 __global__ void mix_kernel(scalar_t* __restrict__ X, const scalar_t* __restrict__ G, const double* __restrict__ alpha,
                            const bool* __restrict__ active, double beta, int64_t B, int64_t d, int64_t slot,
-                           int64_t n) {
+                           int64_t n, int64_t nblk) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t b = blockIdx.y;
-  if (!active[b]) return;
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < d; j += stride) {
-    acc_t acc = acc_t(0);
-    for (int64_t i = 0; i < n; ++i) {
-      const double a = alpha[b * n + i];
-      const int64_t o = (i * B + b) * d + j;
-      acc += static_cast<acc_t>(a) * static_cast<acc_t>(X[o]) + static_cast<acc_t>(a * beta) * static_cast<acc_t>(G[o]);
+  for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
+    const int64_t b = t / nblk, blk = t % nblk;
+    if (!active[b]) continue;
+    const int64_t stride = nblk * blockDim.x;
+    for (int64_t j = blk * blockDim.x + threadIdx.x; j < d; j += stride) {
+      acc_t acc = acc_t(0);
+      for (int64_t i = 0; i < n; ++i) {
+        const double a = alpha[b * n + i];
+        const int64_t o = (i * B + b) * d + j;
+        acc += static_cast<acc_t>(a) * static_cast<acc_t>(X[o]) + static_cast<acc_t>(a * beta) * static_cast<acc_t>(G[o]);
+      }
+      X[(slot * B + b) * d + j] = static_cast<scalar_t>(acc);  // every read of element j is done
     }
-    X[(slot * B + b) * d + j] = static_cast<scalar_t>(acc);  // every read of element j is done
   }
 }
 
@@ -141,11 +149,11 @@ void anderson_mix_cuda(at::Tensor X, const at::Tensor& G, const at::Tensor& alph
   const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
   if (B == 0 || d == 0) return;
   const c10::cuda::CUDAGuard guard(X.device());
-  dim3 grid((unsigned)std::min<int64_t>((d + kThreads - 1) / kThreads, 65535), B);
+  const int64_t nblk = elementwise_blocks(d);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_mix_cuda", [&] {
-    mix_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    mix_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         X.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), alpha.data_ptr<double>(), active.data_ptr<bool>(), beta, B,
-        d, slot, n);
+        d, slot, n, nblk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

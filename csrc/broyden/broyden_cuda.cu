@@ -1,4 +1,6 @@
-// CUDA kernels of limited-memory Broyden; see broyden.h for the contract.
+// CUDA kernels of limited-memory Broyden; see broyden.h for the contract. Reductions: per-block
+// partials added in block order (deterministic), (sample, block) tasks flattened into gridDim.x
+// (solver_cuda_common.cuh).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -15,49 +17,51 @@
 namespace ldeq {
 namespace {
 
-// out (B, 3n + 4) = [a | b | c | dx.dg, dx.g, g.g, fz.fz]
+// partial (B, nblk, 3n + 4): per-block sums of [a | b | c | dx.dg, dx.g, g.g, fz.fz]
 template <typename scalar_t>
 __global__ void pass1_kernel(const scalar_t* __restrict__ U, const scalar_t* __restrict__ V,
                              const scalar_t* __restrict__ dx, const scalar_t* __restrict__ fz,
                              const scalar_t* __restrict__ z, const scalar_t* __restrict__ g_old,
                              scalar_t* __restrict__ g_new, const bool* __restrict__ active, int64_t B, int64_t d,
-                             int64_t n, double* __restrict__ out) {
+                             int64_t n, int64_t nblk, double* __restrict__ partial) {
   __shared__ double sh[32];
-  const int64_t b = blockIdx.y;
-  if (!active[b]) return;
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  const int64_t j0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const int64_t o = b * d;
-  double* ob = out + b * (3 * n + 4);
-  double dxdg = 0, dxg = 0, gg = 0, ff = 0;
-  for (int64_t j = j0; j < d; j += stride) {
-    const scalar_t gv = fz[o + j] - z[o + j];
-    g_new[o + j] = gv;  // read back below by this same thread only
-    const double g64 = static_cast<double>(gv), f64 = static_cast<double>(fz[o + j]);
-    const double dg = g64 - static_cast<double>(g_old[o + j]);
-    const double x64 = static_cast<double>(dx[o + j]);
-    dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
-  }
-  double r;
-  r = block_sum(dxdg, sh); if (threadIdx.x == 0) atomicAdd(ob + 3 * n, r);
-  r = block_sum(dxg, sh);  if (threadIdx.x == 0) atomicAdd(ob + 3 * n + 1, r);
-  r = block_sum(gg, sh);   if (threadIdx.x == 0) atomicAdd(ob + 3 * n + 2, r);
-  r = block_sum(ff, sh);   if (threadIdx.x == 0) atomicAdd(ob + 3 * n + 3, r);
-  for (int64_t i = 0; i < n; ++i) {
-    const scalar_t* ui = U + i * B * d + o;
-    const scalar_t* vi = V + i * B * d + o;
-    double a = 0, bb = 0, cc = 0;
+  for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
+    const int64_t b = t / nblk, blk = t % nblk;
+    if (!active[b]) continue;  // uniform over the block
+    const int64_t stride = nblk * blockDim.x;
+    const int64_t j0 = blk * blockDim.x + threadIdx.x;
+    const int64_t o = b * d;
+    double* ob = partial + t * (3 * n + 4);
+    double dxdg = 0, dxg = 0, gg = 0, ff = 0;
     for (int64_t j = j0; j < d; j += stride) {
-      const double g64 = static_cast<double>(g_new[o + j]);
+      const scalar_t gv = fz[o + j] - z[o + j];
+      g_new[o + j] = gv;  // read back below by this same thread only
+      const double g64 = static_cast<double>(gv), f64 = static_cast<double>(fz[o + j]);
       const double dg = g64 - static_cast<double>(g_old[o + j]);
-      const double v = static_cast<double>(vi[j]);
-      a += static_cast<double>(ui[j]) * static_cast<double>(dx[o + j]);
-      bb += v * dg;
-      cc += v * g64;
+      const double x64 = static_cast<double>(dx[o + j]);
+      dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
     }
-    r = block_sum(a, sh);  if (threadIdx.x == 0) atomicAdd(ob + i, r);
-    r = block_sum(bb, sh); if (threadIdx.x == 0) atomicAdd(ob + n + i, r);
-    r = block_sum(cc, sh); if (threadIdx.x == 0) atomicAdd(ob + 2 * n + i, r);
+    double r;
+    r = block_sum(dxdg, sh); if (threadIdx.x == 0) ob[3 * n] = r;
+    r = block_sum(dxg, sh);  if (threadIdx.x == 0) ob[3 * n + 1] = r;
+    r = block_sum(gg, sh);   if (threadIdx.x == 0) ob[3 * n + 2] = r;
+    r = block_sum(ff, sh);   if (threadIdx.x == 0) ob[3 * n + 3] = r;
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* ui = U + i * B * d + o;
+      const scalar_t* vi = V + i * B * d + o;
+      double a = 0, bb = 0, cc = 0;
+      for (int64_t j = j0; j < d; j += stride) {
+        const double g64 = static_cast<double>(g_new[o + j]);
+        const double dg = g64 - static_cast<double>(g_old[o + j]);
+        const double v = static_cast<double>(vi[j]);
+        a += static_cast<double>(ui[j]) * static_cast<double>(dx[o + j]);
+        bb += v * dg;
+        cc += v * g64;
+      }
+      r = block_sum(a, sh);  if (threadIdx.x == 0) ob[i] = r;
+      r = block_sum(bb, sh); if (threadIdx.x == 0) ob[n + i] = r;
+      r = block_sum(cc, sh); if (threadIdx.x == 0) ob[2 * n + i] = r;
+    }
   }
 }
 
@@ -69,14 +73,17 @@ at::Tensor broyden_pass1_cuda(const at::Tensor& U, const at::Tensor& V, const at
   const c10::cuda::CUDAGuard guard(fz.device());
   at::Tensor out = at::zeros({B, 3 * n + 4}, fz.options().dtype(at::kDouble));
   if (B == 0 || d == 0) return out;
-  dim3 grid(reduction_blocks(d, B), B);
+  const int64_t nblk = reduction_blocks(d, B), nout = 3 * n + 4;
+  at::Tensor partial = at::zeros({B, nblk, nout}, out.options());
+  auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fz.scalar_type(), "broyden_pass1_cuda", [&] {
-    pass1_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    pass1_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, stream>>>(
         U.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), fz.data_ptr<scalar_t>(),
         z.data_ptr<scalar_t>(), g_old.data_ptr<scalar_t>(), g_new.data_ptr<scalar_t>(), active.data_ptr<bool>(), B,
-        d, n, out.data_ptr<double>());
+        d, n, nblk, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, nout, out.data_ptr<double>(), stream);
   return out;
 }
 
@@ -85,29 +92,31 @@ __global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V,
                              const scalar_t* __restrict__ z, scalar_t* __restrict__ z_next,
                              const scalar_t* __restrict__ g_new, const scalar_t* __restrict__ g_old,
                              const double* __restrict__ coef, const bool* __restrict__ active, int64_t B, int64_t d,
-                             int64_t slot, int64_t n) {
+                             int64_t slot, int64_t n, int64_t nblk) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t b = blockIdx.y;
-  if (!active[b]) return;
-  const double* cb = coef + b * (3 * n + 1);
-  const acc_t kn = static_cast<acc_t>(cb[3 * n]);
-  const int64_t o = b * d;
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < d; j += stride) {
-    const acc_t x = static_cast<acc_t>(dx[o + j]), gn = static_cast<acc_t>(g_new[o + j]);
-    acc_t v = -x, u = x + (gn - static_cast<acc_t>(g_old[o + j])), p = gn;
-    for (int64_t i = 0; i < n; ++i) {
-      const acc_t ui = static_cast<acc_t>(U[i * B * d + o + j]);
-      v += static_cast<acc_t>(cb[i]) * static_cast<acc_t>(V[i * B * d + o + j]);
-      u -= static_cast<acc_t>(cb[n + i]) * ui;
-      p -= static_cast<acc_t>(cb[2 * n + i]) * ui;
+  for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
+    const int64_t b = t / nblk, blk = t % nblk;
+    if (!active[b]) continue;
+    const double* cb = coef + b * (3 * n + 1);
+    const acc_t kn = static_cast<acc_t>(cb[3 * n]);
+    const int64_t o = b * d;
+    const int64_t stride = nblk * blockDim.x;
+    for (int64_t j = blk * blockDim.x + threadIdx.x; j < d; j += stride) {
+      const acc_t x = static_cast<acc_t>(dx[o + j]), gn = static_cast<acc_t>(g_new[o + j]);
+      acc_t v = -x, u = x + (gn - static_cast<acc_t>(g_old[o + j])), p = gn;
+      for (int64_t i = 0; i < n; ++i) {
+        const acc_t ui = static_cast<acc_t>(U[i * B * d + o + j]);
+        v += static_cast<acc_t>(cb[i]) * static_cast<acc_t>(V[i * B * d + o + j]);
+        u -= static_cast<acc_t>(cb[n + i]) * ui;
+        p -= static_cast<acc_t>(cb[2 * n + i]) * ui;
+      }
+      const scalar_t us = static_cast<scalar_t>(u);
+      const acc_t upd = p - kn * static_cast<acc_t>(us);
+      U[slot * B * d + o + j] = us;  // every read of element j (an evicted column too) is done
+      V[slot * B * d + o + j] = static_cast<scalar_t>(v);
+      dx[o + j] = static_cast<scalar_t>(upd);
+      z_next[o + j] = static_cast<scalar_t>(static_cast<acc_t>(z[o + j]) + upd);
     }
-    const scalar_t us = static_cast<scalar_t>(u);
-    const acc_t upd = p - kn * static_cast<acc_t>(us);
-    U[slot * B * d + o + j] = us;  // every read of element j (an evicted column too) is done
-    V[slot * B * d + o + j] = static_cast<scalar_t>(v);
-    dx[o + j] = static_cast<scalar_t>(upd);
-    z_next[o + j] = static_cast<scalar_t>(static_cast<acc_t>(z[o + j]) + upd);
   }
 }
 
@@ -118,12 +127,12 @@ void broyden_pass2_cuda(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Ten
   const int64_t B = z.size(0), d = z.size(1);
   if (B == 0 || d == 0) return;
   const c10::cuda::CUDAGuard guard(z.device());
-  dim3 grid((unsigned)std::min<int64_t>((d + kThreads - 1) / kThreads, 65535), B);
+  const int64_t nblk = elementwise_blocks(d);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "broyden_pass2_cuda", [&] {
-    pass2_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    pass2_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         U.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
         z_next.data_ptr<scalar_t>(), g_new.data_ptr<scalar_t>(), g_old.data_ptr<scalar_t>(), coef.data_ptr<double>(),
-        active.data_ptr<bool>(), B, d, slot, n);
+        active.data_ptr<bool>(), B, d, slot, n, nblk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

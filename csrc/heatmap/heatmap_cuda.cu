@@ -7,7 +7,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cfloat>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "common/block_reduce.cuh"
 #include "heatmap/heatmap.h"
@@ -16,17 +20,30 @@ namespace ldeq {
 namespace heatmap {
 namespace {
 
+// One block per (b, k) channel, walked with a grid-stride loop: any B * K fits the grid.
+inline unsigned channel_grid(int64_t channels) {
+  return static_cast<unsigned>(std::min<int64_t>(channels, std::numeric_limits<int32_t>::max()));
+}
+
 // Ends a decode once every thread holds its share of sum h, sum h * col and sum h * row over the
 // channel (hv(i) gives pixel i's heat, stored or recomputed): block sums, then the centred variance
-// pass, then one thread writes coords[0..1] and *stdv.
+// pass, then one thread writes coords[0..1] and *stdv. Overflow rule (as the CPU kernel and the
+// reference): with retry_wide, a total past FLT_MAX (float sums of a finite float channel ~3e38)
+// writes nothing and returns false, and the caller redoes the channel in double; a total that is not
+// finite in the accumulation type gives NaN coords and std.
 template <typename T, typename acc_t, typename HeatValue>
-__device__ __forceinline__ void block_decode_finish(HeatValue hv, int64_t H, int64_t W, bool official, acc_t tot,
-                                                    acc_t mx, acc_t my, T* coords, T* stdv) {
+__device__ __forceinline__ bool block_decode_finish(HeatValue hv, int64_t H, int64_t W, bool official, acc_t tot,
+                                                    acc_t mx, acc_t my, T* coords, T* stdv, bool retry_wide) {
   const int64_t n = H * W;
   tot = block_all_sum(tot);
   mx = block_all_sum(mx);
   my = block_all_sum(my);
+  if (retry_wide && !(tot <= acc_t(FLT_MAX))) return false;  // the same value in every thread
   const acc_t S = tot + acc_t(kDecodeEps);
+  if (!isfinite(S)) {
+    if (threadIdx.x == 0) coords[0] = coords[1] = *stdv = std::numeric_limits<T>::quiet_NaN();
+    return true;
+  }
   const acc_t x = mx / (S * W), y = my / (S * H);
   const acc_t mux = official ? x / W : x, muy = official ? y / H : y;
   acc_t vx = 0, vy = 0;
@@ -43,6 +60,7 @@ __device__ __forceinline__ void block_decode_finish(HeatValue hv, int64_t H, int
     coords[1] = T(y);
     *stdv = T(::sqrt(acc_t(0.5) * (vx + vy) / S));
   }
+  return true;
 }
 
 // The max of one channel's n values, every thread of the block gets it (NaN-propagating, MaxOp).
@@ -79,44 +97,59 @@ __device__ __forceinline__ void block_softargmax_backward(const T* lc, T m, acc_
 
 template <typename T>
 __global__ void softargmax_fwd_kernel(const T* __restrict__ l, const T* __restrict__ beta, int64_t beta_k,
-                                      T* __restrict__ h, int64_t K, int64_t n) {
-  const int64_t c = blockIdx.x;
-  const T* x = l + c * n;
-  T* y = h + c * n;
-  const T b = beta[beta_k == 1 ? 0 : c % K];
-  const T m = block_channel_max(x, n);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = ::exp(b * (x[i] - m));
+                                      T* __restrict__ h, int64_t K, int64_t n, int64_t channels) {
+  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
+    const T* x = l + c * n;
+    T* y = h + c * n;
+    const T b = beta[beta_k == 1 ? 0 : c % K];
+    const T m = block_channel_max(x, n);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = ::exp(b * (x[i] - m));
+  }
 }
 
 template <typename T>
 __global__ void softargmax_bwd_kernel(const T* __restrict__ g, const T* __restrict__ l, const T* __restrict__ beta,
                                       int64_t beta_k, const T* __restrict__ h, T* __restrict__ gl,
-                                      T* __restrict__ gb, int64_t K, int64_t n) {
+                                      T* __restrict__ gb, int64_t K, int64_t n, int64_t channels) {
   using acc_t = at::acc_type<T, true>;
-  const int64_t c = blockIdx.x;
-  const T *gc = g + c * n, *lc = l + c * n, *hc = h + c * n;
-  T* out = gl + c * n;
-  const T b = beta[beta_k == 1 ? 0 : c % K];
-  const T m = block_channel_max(lc, n);
-  block_softargmax_backward(lc, m, acc_t(b), [&](int64_t i) { return acc_t(gc[i]); },
-                            [&](int64_t i) { return acc_t(hc[i]); }, n, out, gb + c);
+  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
+    const T *gc = g + c * n, *lc = l + c * n, *hc = h + c * n;
+    T* out = gl + c * n;
+    const T b = beta[beta_k == 1 ? 0 : c % K];
+    const T m = block_channel_max(lc, n);
+    block_softargmax_backward(lc, m, acc_t(b), [&](int64_t i) { return acc_t(gc[i]); },
+                              [&](int64_t i) { return acc_t(hc[i]); }, n, out, gb + c);
+  }
 }
 
 template <typename T>
 __global__ void decode_fwd_kernel(const T* __restrict__ hm, T* __restrict__ coords, T* __restrict__ stdv, int64_t H,
-                                  int64_t W, bool official) {
+                                  int64_t W, bool official, int64_t channels) {
   using acc_t = at::acc_type<T, true>;
-  const int64_t ch = blockIdx.x, n = H * W;
-  const T* h = hm + ch * n;
-  acc_t tot = 0, mx = 0, my = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t v = h[i];
-    tot += v;
-    mx += v * acc_t(i % W);
-    my += v * acc_t(i / W);
+  const int64_t n = H * W;
+  for (int64_t ch = blockIdx.x; ch < channels; ch += gridDim.x) {
+    const T* h = hm + ch * n;
+    acc_t tot = 0, mx = 0, my = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const acc_t v = h[i];
+      tot += v;
+      mx += v * acc_t(i % W);
+      my += v * acc_t(i / W);
+    }
+    const bool done = block_decode_finish<T>([&](int64_t i) { return acc_t(h[i]); }, H, W, official, tot, mx, my,
+                                             coords + 2 * ch, stdv + ch, std::is_same_v<acc_t, float>);
+    if (!done) {  // a float channel whose sum passes FLT_MAX: the same decode with double sums
+      double tot64 = 0, mx64 = 0, my64 = 0;
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const double v = h[i];
+        tot64 += v;
+        mx64 += v * double(i % W);
+        my64 += v * double(i / W);
+      }
+      block_decode_finish<T>([&](int64_t i) { return double(h[i]); }, H, W, official, tot64, mx64, my64,
+                             coords + 2 * ch, stdv + ch, false);
+    }
   }
-  block_decode_finish<T>([&](int64_t i) { return acc_t(h[i]); }, H, W, official, tot, mx, my, coords + 2 * ch,
-                         stdv + ch);
 }
 
 // The decode's gradient field of one channel, dL/dh(i) = (gp(i) - G) / S. The constructor reduces
@@ -153,15 +186,25 @@ struct BlockDecodeGradField {
 template <typename T>
 __global__ void decode_bwd_kernel(const T* __restrict__ gcoord, const T* __restrict__ gstd, const T* __restrict__ hm,
                                   const T* __restrict__ coords, const T* __restrict__ stdv, T* __restrict__ gh,
-                                  int64_t H, int64_t W, bool official) {
+                                  int64_t H, int64_t W, bool official, int64_t channels) {
   using acc_t = at::acc_type<T, true>;
-  const int64_t ch = blockIdx.x, n = H * W;
-  const T* h = hm + ch * n;
-  T* out = gh + ch * n;
-  const DecodeGrad<acc_t> d(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
-                            stdv[ch], H, W, official);
-  const BlockDecodeGradField<acc_t> field(d, [&](int64_t i) { return acc_t(h[i]); }, n, W);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = T(field(i));
+  const int64_t n = H * W;
+  for (int64_t ch = blockIdx.x; ch < channels; ch += gridDim.x) {
+    const T* h = hm + ch * n;
+    T* out = gh + ch * n;
+    const DecodeGrad<acc_t> d(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
+                              stdv[ch], H, W, official);
+    const BlockDecodeGradField<acc_t> field(d, [&](int64_t i) { return acc_t(h[i]); }, n, W);
+    if (std::is_same_v<acc_t, float> && !(field.S <= acc_t(FLT_MAX))) {
+      // a float channel whose sum passes FLT_MAX: the field from double sums (as the forward)
+      const DecodeGrad<double> d64(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
+                                   stdv[ch], H, W, official);
+      const BlockDecodeGradField<double> wide(d64, [&](int64_t i) { return double(h[i]); }, n, W);
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = T(wide(i));
+    } else {
+      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = T(field(i));
+    }
+  }
 }
 
 // Fused forward: each thread decodes the values it just wrote (same index pattern, so no barrier is
@@ -169,23 +212,25 @@ __global__ void decode_bwd_kernel(const T* __restrict__ gcoord, const T* __restr
 template <typename T>
 __global__ void softargmax_decode_fwd_kernel(const T* __restrict__ l, const T* __restrict__ beta, int64_t beta_k,
                                              T* __restrict__ hm, T* __restrict__ coords, T* __restrict__ stdv,
-                                             int64_t K, int64_t H, int64_t W, bool official) {
+                                             int64_t K, int64_t H, int64_t W, bool official, int64_t channels) {
   using acc_t = at::acc_type<T, true>;
-  const int64_t ch = blockIdx.x, n = H * W;
-  const T* x = l + ch * n;
-  T* h = hm ? hm + ch * n : nullptr;  // nullptr: coordinates only, heatmap recomputed where needed
-  const T b = beta[beta_k == 1 ? 0 : ch % K];
-  const T m = block_channel_max(x, n);
-  acc_t tot = 0, mx = 0, my = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const T v = ::exp(b * (x[i] - m));
-    if (h) h[i] = v;
-    tot += acc_t(v);
-    mx += acc_t(v) * acc_t(i % W);
-    my += acc_t(v) * acc_t(i / W);
+  const int64_t n = H * W;
+  for (int64_t ch = blockIdx.x; ch < channels; ch += gridDim.x) {
+    const T* x = l + ch * n;
+    T* h = hm ? hm + ch * n : nullptr;  // nullptr: coordinates only, heatmap recomputed where needed
+    const T b = beta[beta_k == 1 ? 0 : ch % K];
+    const T m = block_channel_max(x, n);
+    acc_t tot = 0, mx = 0, my = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const T v = ::exp(b * (x[i] - m));
+      if (h) h[i] = v;
+      tot += acc_t(v);
+      mx += acc_t(v) * acc_t(i % W);
+      my += acc_t(v) * acc_t(i / W);
+    }
+    block_decode_finish<T>([&](int64_t i) { return acc_t(h ? h[i] : ::exp(b * (x[i] - m))); }, H, W, official, tot, mx,
+                           my, coords + 2 * ch, stdv + ch, /*retry_wide=*/false);  // heatmaps <= 1: no overflow
   }
-  block_decode_finish<T>([&](int64_t i) { return acc_t(h ? h[i] : ::exp(b * (x[i] - m))); }, H, W, official, tot, mx,
-                         my, coords + 2 * ch, stdv + ch);
 }
 
 // Fused backward: dL/dh = (gp - G) / S (+ grad_heatmaps) is recomputed per element, never stored.
@@ -195,21 +240,23 @@ __global__ void softargmax_decode_bwd_kernel(const T* __restrict__ gh_in, const 
                                              const T* __restrict__ beta, int64_t beta_k, const T* __restrict__ hm,
                                              const T* __restrict__ coords, const T* __restrict__ stdv,
                                              T* __restrict__ gl, T* __restrict__ gb, int64_t K, int64_t H, int64_t W,
-                                             bool official) {
+                                             bool official, int64_t channels) {
   using acc_t = at::acc_type<T, true>;
-  const int64_t ch = blockIdx.x, n = H * W;
-  // hm == nullptr: the heatmaps were not stored; recompute exp(beta (l - max)) per element.
-  const T *h = hm ? hm + ch * n : nullptr, *lc = l + ch * n, *gi = gh_in ? gh_in + ch * n : nullptr;
-  T* out = gl + ch * n;
-  const T bt = beta[beta_k == 1 ? 0 : ch % K];
-  const acc_t b = bt;
-  const DecodeGrad<acc_t> d(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
-                            stdv[ch], H, W, official);
-  const T m = block_channel_max(lc, n);
-  auto hv = [&](int64_t i) { return h ? h[i] : T(::exp(bt * (lc[i] - m))); };
-  const BlockDecodeGradField<acc_t> field(d, [&](int64_t i) { return acc_t(hv(i)); }, n, W);
-  auto grad_h = [&](int64_t i) { return field(i) + (gi ? acc_t(gi[i]) : acc_t(0)); };
-  block_softargmax_backward(lc, m, b, grad_h, [&](int64_t i) { return acc_t(hv(i)); }, n, out, gb + ch);
+  const int64_t n = H * W;
+  for (int64_t ch = blockIdx.x; ch < channels; ch += gridDim.x) {
+    // hm == nullptr: the heatmaps were not stored; recompute exp(beta (l - max)) per element.
+    const T *h = hm ? hm + ch * n : nullptr, *lc = l + ch * n, *gi = gh_in ? gh_in + ch * n : nullptr;
+    T* out = gl + ch * n;
+    const T bt = beta[beta_k == 1 ? 0 : ch % K];
+    const acc_t b = bt;
+    const DecodeGrad<acc_t> d(gcoord[2 * ch], gcoord[2 * ch + 1], gstd[ch], coords[2 * ch], coords[2 * ch + 1],
+                              stdv[ch], H, W, official);
+    const T m = block_channel_max(lc, n);
+    auto hv = [&](int64_t i) { return h ? h[i] : T(::exp(bt * (lc[i] - m))); };
+    const BlockDecodeGradField<acc_t> field(d, [&](int64_t i) { return acc_t(hv(i)); }, n, W);
+    auto grad_h = [&](int64_t i) { return field(i) + (gi ? acc_t(gi[i]) : acc_t(0)); };
+    block_softargmax_backward(lc, m, b, grad_h, [&](int64_t i) { return acc_t(hv(i)); }, n, out, gb + ch);
+  }
 }
 
 at::Tensor softargmax_cuda(const at::Tensor& logits, const at::Tensor& beta) {
@@ -223,8 +270,8 @@ at::Tensor softargmax_cuda(const at::Tensor& logits, const at::Tensor& beta) {
   if (B * K == 0) return h;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_cuda", [&] {
-    softargmax_fwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
-        l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.data_ptr<scalar_t>(), K, n);
+    softargmax_fwd_kernel<scalar_t><<<channel_grid(B * K), kBlockThreads, 0, stream>>>(
+        l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.data_ptr<scalar_t>(), K, n, B * K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return h;
@@ -241,9 +288,9 @@ std::tuple<at::Tensor, at::Tensor> softargmax_backward_cuda(const at::Tensor& gr
   if (B * K == 0) return {gl, gb};
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_backward_cuda", [&] {
-    softargmax_bwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+    softargmax_bwd_kernel<scalar_t><<<channel_grid(B * K), kBlockThreads, 0, stream>>>(
         g.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.data_ptr<scalar_t>(),
-        gl.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), K, n);
+        gl.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), K, n, B * K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gl, gb};
@@ -259,8 +306,8 @@ std::tuple<at::Tensor, at::Tensor> decode_cuda(const at::Tensor& heatmaps, bool 
   if (B * K == 0) return {coords, stdv};
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "heatmap_decode_cuda", [&] {
-    decode_fwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
-        h.data_ptr<scalar_t>(), coords.data_ptr<scalar_t>(), stdv.data_ptr<scalar_t>(), H, W, official_std);
+    decode_fwd_kernel<scalar_t><<<channel_grid(B * K), kBlockThreads, 0, stream>>>(
+        h.data_ptr<scalar_t>(), coords.data_ptr<scalar_t>(), stdv.data_ptr<scalar_t>(), H, W, official_std, B * K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {coords, stdv};
@@ -278,9 +325,9 @@ at::Tensor decode_backward_cuda(const at::Tensor& grad_coords, const at::Tensor&
   if (B * K == 0) return gh;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "heatmap_decode_backward_cuda", [&] {
-    decode_bwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+    decode_bwd_kernel<scalar_t><<<channel_grid(B * K), kBlockThreads, 0, stream>>>(
         gc.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), co.data_ptr<scalar_t>(),
-        sd.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), H, W, official_std);
+        sd.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), H, W, official_std, B * K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return gh;
@@ -302,9 +349,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_forward_cuda(const at::Tens
   if (B * K == 0) return {h, coords, stdv};
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_cuda", [&] {
-    softargmax_decode_fwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+    softargmax_decode_fwd_kernel<scalar_t><<<channel_grid(B * K), kBlockThreads, 0, stream>>>(
         l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(), h.defined() ? h.data_ptr<scalar_t>() : nullptr,
-        coords.data_ptr<scalar_t>(), stdv.data_ptr<scalar_t>(), K, H, W, official_std);
+        coords.data_ptr<scalar_t>(), stdv.data_ptr<scalar_t>(), K, H, W, official_std, B * K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {h, coords, stdv};
@@ -327,11 +374,11 @@ std::tuple<at::Tensor, at::Tensor> fused_backward_cuda(const at::Tensor& grad_he
   if (B * K == 0) return {gl, gb};
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "heatmap_softargmax_decode_backward_cuda", [&] {
-    softargmax_decode_bwd_kernel<scalar_t><<<B * K, kBlockThreads, 0, stream>>>(
+    softargmax_decode_bwd_kernel<scalar_t><<<channel_grid(B * K), kBlockThreads, 0, stream>>>(
         grad_heatmaps.defined() ? grad_heatmaps.data_ptr<scalar_t>() : nullptr, gc.data_ptr<scalar_t>(),
         gs.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), b.numel(),
         h.defined() ? h.data_ptr<scalar_t>() : nullptr, co.data_ptr<scalar_t>(), sd.data_ptr<scalar_t>(),
-        gl.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), K, H, W, official_std);
+        gl.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), K, H, W, official_std, B * K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gl, gb};
