@@ -278,7 +278,8 @@ class _Tracker:
         self.B, self.tol, self.stop_mode, self.eps, self.solver = B, tol, stop_mode, eps, solver
         self.sync_free = tol == 0
         self.n_keys = n_keys
-        self.z_best = z0_flat  # never written in place (evict replaces it), so no copy needed
+        self.z_best = z0_flat  # the caller's tensor until the first eviction copies it (z_best_owned)
+        self.z_best_owned = False
         self.best_key = torch.full((B,), -1, dtype=torch.long, device=dev)
         self.bufs: Dict[int, torch.Tensor] = {}
         # Host copy of "buffer key holds some sample's lowest iterate" (valid after each record()).
@@ -349,7 +350,11 @@ class _Tracker:
             return
         if self._holds(key):
             here = self.best_key == key
-            self.z_best = torch.where(here[:, None], self.bufs[key], self.z_best)
+            if not self.z_best_owned:  # z_best starts as the caller's z0: copy once, then update in place
+                self.z_best = self.z_best.clone()
+                self.z_best_owned = True
+            # In place (out aliases an input elementwise): no fresh (B, d) allocation per iteration.
+            torch.where(here[:, None], self.bufs[key], self.z_best, out=self.z_best)
             self.best_key = torch.where(here, torch.full_like(self.best_key, -1), self.best_key)
             self.key_used[key] = False
         del self.bufs[key]
