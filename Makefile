@@ -37,6 +37,8 @@ bench: setup
 # First thing on a machine with a GPU: the CUDA tests and CUDA benchmarks (< 8 min on one GPU),
 # report in benchmarks/results/gpu_check_<gpu>.md. `make setup` compiles CUDA when a GPU is visible.
 gpu-check: setup
+	$(PY) -c "import sys, torch, ldeq._ext as e; sys.exit(0 if e.cuda_built() or not torch.cuda.is_available() else 1)" \
+	  || (rm -f $(VENV)/.built && $(MAKE) build)   # built before a GPU was visible: rebuild with CUDA
 	$(PY) benchmarks/gpu_check.py
 
 # Second-compiler check: every C++ source compiled with Clang (zig c++; `pip install ziglang`),

@@ -42,7 +42,7 @@ raise SystemExit(0 if ok else 3)
 """
 
 
-def run_step(name, cmd, timeout, env=None):
+def run_step(name, cmd, timeout, env=None, shown=None):
     t0 = time.monotonic()
     try:
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
@@ -52,7 +52,7 @@ def run_step(name, cmd, timeout, env=None):
         rc, out = "timeout", out + f"\n[killed after {timeout} s]"
     dt = time.monotonic() - t0
     print(f"[gpu-check] {name}: rc={rc} in {dt:.0f} s", flush=True)
-    return dict(name=name, cmd=" ".join(cmd), rc=rc, seconds=dt, output=out)
+    return dict(name=name, cmd=shown or " ".join(cmd), rc=rc, seconds=dt, output=out)
 
 
 def main(argv=None):
@@ -68,7 +68,7 @@ def main(argv=None):
     def left():
         return a.budget - (time.monotonic() - start)
 
-    steps.append(run_step("environment", [py, "-c", ENV_PROBE], 120, env))
+    steps.append(run_step("environment", [py, "-c", ENV_PROBE], 120, env, shown="python -c <ENV_PROBE of gpu_check.py>"))
     plan = []
     if steps[0]["rc"] == 0:
         plan = [
