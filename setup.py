@@ -131,8 +131,13 @@ def make_extensions():
     # -fno-trapping-math lets GCC if-convert (and so vectorise) the branch-free selects in the kernels.
     # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` (torch's OpenMP build), so
     # without it every CPU kernel silently runs on one thread. Same libgomp as torch's.
-    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else ["-fopenmp-simd"]
-    cxx = ["-O3", *openmp, "-fno-trapping-math", "-std=c++20"]
+    # MSVC takes neither flag; there the kernels build with their portable bodies only (no GCC/Clang
+    # target attributes: csrc/common/cpu_dispatch.h), so the CPU capability is always `default`.
+    if sys.platform == "win32":
+        openmp, cxx = [], ["/O2", "/openmp", "/std:c++20"]
+    else:
+        openmp = ["-fopenmp"] if sys.platform.startswith("linux") else ["-fopenmp-simd"]
+        cxx = ["-O3", *openmp, "-fno-trapping-math", "-std=c++20"]
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     print("=" * 70)
