@@ -45,6 +45,8 @@ def cap(request):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        # the kernels' at::parallel_for really uses that many threads (an OpenMP team of that size)
+        assert _ext._C.parallel_threads_used(64) == min(threads, os.cpu_count())
         with _ext.forced_cpu_capability(name) as got:
             assert got == name and _ext.cpu_capability() == name
             yield name
