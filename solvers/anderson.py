@@ -5,7 +5,7 @@ import torch
 
 from . import _kernels as K
 from ._common import (FEval, StateLike, _Tracker, accepts_state_lists, check_common, check_float,
-                      check_int, check_trajectory, reject_unknown, resolve_damping)
+                      check_int, check_trajectory, history_empty, reject_unknown, resolve_damping)
 from ._stats import SolverStats
 
 LAM_MODES = ("rel", "abs")
@@ -126,8 +126,8 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
     feval = FEval(f, f_subset, z0)
     B, d = feval.B, feval.d
     z = z0.detach().reshape(B, d).contiguous()
-    X = z.new_empty(m, B, d)
-    G = z.new_empty(m, B, d)
+    X = history_empty((m, B, d), z)
+    G = history_empty((m, B, d), z)
     H = torch.zeros(B, m, m, dtype=torch.float64, device=z.device)
     X[0].copy_(z)
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "anderson", n_keys=m)

@@ -5,7 +5,7 @@ import torch
 
 from . import _kernels as K
 from ._common import (FEval, StateLike, _Tracker, accepts_state_lists, check_common, check_int,
-                      check_trajectory, reject_unknown)
+                      check_trajectory, history_empty, reject_unknown)
 from ._stats import SolverStats
 from .anderson import check_backend
 
@@ -55,7 +55,7 @@ def broyden(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3
     dx = g_old.clone()  # first step: -J0^-1 g = g
     # Stopped samples keep z0 here, so the rows f sees stay finite.
     Z[1] = torch.where(tr.active[:, None], Z[0] + dx, Z[0])
-    U, V = z.new_empty(L, B, d), z.new_empty(L, B, d)
+    U, V = history_empty((L, B, d), z), history_empty((L, B, d), z)
     S = torch.zeros(L, B, dtype=f64, device=z.device)  # per-column scales s_i = 1 / <v_i, dg_i>
     g_new = torch.empty_like(g_old)
     cur, n, nupd = 1, 0, 0
