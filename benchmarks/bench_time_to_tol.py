@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -269,7 +268,7 @@ def main(argv=None):
                 rows.append(row)
                 print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         all_rows += rows
-        print(f"\n| library | solver | setting | wall s | f s | outside f s | f-evals | all converged | worst rel res |")
+        print("\n| library | solver | setting | wall s | f s | outside f s | f-evals | all converged | worst rel res |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['lib']} | {r['solver']} | {r['setting']} | {r['wall']:.3f} | {r['f_time']:.3f} | "
