@@ -7,8 +7,9 @@
 // only, nothing process-wide) take 2 MiB per fault: ~2.5 ms measured when memory is free. But with
 // THP defrag=madvise such a fault may stop for memory compaction: on a loaded or fragmented host
 // the hint gave the worst tails (issue 14: 158-198 ms runs against a steady 50 ms; 2026-11-30 on
-// the dev machine: p95/median 2.05 for the fused op, 1.77 for the two ops, against 1.31 and 1.12
-// without it, and a worse mean for the two ops). So the hint is opt-in: LDEQ_HUGE_PAGES=1 at load,
+// the dev machine, two runs: p95/median up to 2.05 for the fused op and 5.17 for the two ops, at
+// most 1.31 for any path without it, though it lowered the fused op's mean). So the hint is
+// opt-in: LDEQ_HUGE_PAGES=1 at load,
 // or ldeq._ext.set_huge_pages(True). See docs/architecture.md and docs/benchmarks.md.
 #pragma once
 
