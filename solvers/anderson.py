@@ -131,7 +131,8 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
     H = torch.zeros(B, m, m, dtype=torch.float64, device=z.device)
     X[0].copy_(z)
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "anderson", n_keys=m)
-    written = [0] * m  # iteration that last wrote each slot (host: the schedule is k % m)
+    # Iteration that last wrote each slot, kept on the device (scalar fills, no host copies: CUDA-graph safe).
+    written = torch.zeros(m, dtype=torch.long, device=z.device)
     restart_at = torch.zeros(B, dtype=torch.long, device=z.device)  # slots written before are forgotten
     last_improved = torch.zeros(B, dtype=torch.long, device=z.device)
     for k in range(max_iter):
@@ -139,8 +140,7 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
         if k > 0:
             n = min(k, m)
             if restart > 0:
-                w = torch.tensor(written[:n], dtype=torch.long, device=z.device)  # an upload, not a read
-                valid = w[None, :] >= restart_at[:, None]
+                valid = written[None, :n] >= restart_at[:, None]
                 alpha, fallback = masked_bordered_solve(H, n, lam, lam_mode == "rel", (k - 1) % m, valid)
             else:
                 Hk = H
@@ -156,7 +156,8 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
                                           use_reference=use_ref)
         lowest_before = tr.rel_lowest if stop_mode == "rel" else tr.abs_lowest
         tr.record(k, res_sq.sqrt(), fz_sq.sqrt(), slot, X[slot])
-        written[slot] = k
+        if restart > 0:
+            written[slot] = k
         if restart > 0 and k > 0:
             res = tr.rel_trace[:, k] if stop_mode == "rel" else tr.abs_trace[:, k]
             improved = res < lowest_before
