@@ -74,3 +74,17 @@ def test_backward_options_reach_the_backward_solve():
     z.sum().backward()
     assert st.backward.stats.solver == "fixed_point" and st.backward.stats.abs_trace.shape[1] == 2
     assert bool(st.backward.zeroed.all()) and float(W.grad.abs().max()) == 0.0
+
+
+def test_opt_in_huge_pages_change_no_result(monkeypatch):
+    """LDEQ_SOLVER_HUGEPAGES=1 only advises the kernel about the history buffers' pages."""
+    import ldeq.solvers._common as C
+    x = torch.randn(2, 600_000, generator=torch.Generator().manual_seed(0))  # history 29 MB > 8 MB
+    f = lambda z: torch.tanh(0.5 * z + x)
+    z_plain, _ = S.anderson(f, torch.zeros_like(x), max_iter=6, tol=0)
+    monkeypatch.setenv("LDEQ_SOLVER_HUGEPAGES", "1")
+    monkeypatch.setattr(C, "_libc", None)  # re-read the switch
+    z_huge, _ = S.anderson(f, torch.zeros_like(x), max_iter=6, tol=0)
+    assert C._libc is not False  # Linux: madvise was found and used
+    torch.testing.assert_close(z_huge, z_plain, rtol=0, atol=0)
+    monkeypatch.setattr(C, "_libc", None)
