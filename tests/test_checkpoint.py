@@ -166,3 +166,20 @@ def test_official_explicit_mode_args_select_batchnorm_cells(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(m(x).keypoints, bn.eval()(x).keypoints)
+
+
+def test_anderson_settings_predating_relative_lam_load_as_trained():
+    """Official args (and ldeq configs saved before anderson_lam_mode existed) ran Anderson with an
+    absolute lam and no restarts; a fresh config uses the solver's relative lam and restarts."""
+    from ldeq.model.ldeq import solver_options
+    cfg = LDEQConfig.from_namespace(official_args(solver="anderson"))
+    assert (cfg.anderson_lam_mode, cfg.anderson_restart) == ("abs", 0.0)
+    assert solver_options(cfg, "anderson") == dict(m=6, lam=1e-4, lam_mode="abs", restart=0.0, beta=1.0)
+    old = {k: v for k, v in LDEQConfig().to_dict().items() if k not in ("anderson_lam_mode", "anderson_restart")}
+    assert (LDEQConfig.from_dict(old).anderson_lam_mode, LDEQConfig.from_dict(old).anderson_restart) == ("abs", 0.0)
+    assert (LDEQConfig().anderson_lam_mode, LDEQConfig().anderson_restart) == ("rel", 1.5)
+    assert LDEQConfig.from_dict(LDEQConfig().to_dict()) == LDEQConfig()
+    with pytest.raises(ValueError, match="anderson_lam_mode"):
+        LDEQConfig(anderson_lam_mode="relative")
+    with pytest.raises(ValueError, match="anderson_restart"):
+        LDEQConfig(anderson_restart=0.5)

@@ -19,6 +19,10 @@ SOLVERS = ("anderson", "broyden", "fixed_point", "fixed_point_last")
 LEGACY_FIELDS = {"max_iters": "max_iter", "stochastic_max_iters": "stochastic_max_iter",
                  "extra_final_step": "extra_step"}
 OFFICIAL_SOLVERS = {"fpi": "fixed_point_last"}
+LAM_MODES = ("rel", "abs")
+# Saved settings that predate Anderson's relative lam and restarts ran with these (the official
+# solver's meaning): a checkpoint keeps the solver it was trained with.
+PRE_RESTART_ANDERSON = {"anderson_lam_mode": "abs", "anderson_restart": 0.0}
 STOP_MODES = ("rel", "abs")
 
 
@@ -54,6 +58,8 @@ class LDEQConfig:
     stochastic_max_iter: bool = False   # training only: max_iter ~ uniform{1..max_iter} per batch
     anderson_m: int = 6                 # solver options: config key = <solver>_<kwarg of that solver>
     anderson_lam: float = 1e-4
+    anderson_lam_mode: str = "rel"      # lam relative to the Gram matrix's scale; 'abs': the official meaning
+    anderson_restart: float = 1.5       # Anderson's restart safeguard (0 = off; ldeq.solvers.anderson)
     anderson_beta: float = 1.0
     broyden_memory: int = 0             # Broyden's memory (0: the solver's default, max_iter)
     # decode
@@ -92,6 +98,11 @@ class LDEQConfig:
         need(self.stop_mode in STOP_MODES, "stop_mode", f"one of {STOP_MODES}")
         need(math.isfinite(self.cell_softargmax_beta) and self.cell_softargmax_beta > 0,
              "cell_softargmax_beta", "a finite float > 0")
+        need(self.anderson_lam_mode in LAM_MODES, "anderson_lam_mode", f"one of {LAM_MODES}")
+        need(isinstance(self.anderson_lam, (int, float)) and math.isfinite(self.anderson_lam) and self.anderson_lam >= 0,
+             "anderson_lam", "a finite float >= 0")
+        need(isinstance(self.anderson_restart, (int, float)) and math.isfinite(self.anderson_restart)
+             and (self.anderson_restart == 0 or self.anderson_restart > 1), "anderson_restart", "0 (off) or a float > 1")
         need(isinstance(self.broyden_memory, int) and self.broyden_memory >= 0, "broyden_memory",
              "an int >= 0 (0: the solver's default)")
         need(isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol >= 0, "tol",
@@ -114,6 +125,7 @@ class LDEQConfig:
     def from_dict(cls, d: Dict[str, Any]) -> "LDEQConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         d = {LEGACY_FIELDS.get(k, k) if LEGACY_FIELDS.get(k) not in d else k: v for k, v in d.items()}
+        d = {**{k: v for k, v in PRE_RESTART_ANDERSON.items() if "anderson_lam_mode" not in d}, **d}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"LDEQConfig: unknown fields {unknown}; expected a subset of {sorted(names)}")
@@ -150,6 +162,8 @@ class LDEQConfig:
         for old, new in LEGACY_FIELDS.items():
             if old in a and new not in a:
                 a[new] = a[old]
+        if "anderson_lam_mode" not in a:
+            a.update(PRE_RESTART_ANDERSON)
         own = {f.name for f in dataclasses.fields(cls)}
         kw: Dict[str, Any] = {k: a[k] for k in own if k in a and k not in ("cell_norm", "solver")}
         if "im_size" in a and "image_size" not in a:

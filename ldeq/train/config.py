@@ -42,6 +42,8 @@ class SolverConfig:
     stop_mode: str = "rel"             # 'rel' | 'abs'
     anderson_m: int = 6
     anderson_lam: float = 1e-4
+    anderson_lam_mode: str = "rel"     # 'rel': lam relative to the Gram matrix's scale; 'abs': absolute
+    anderson_restart: float = 1.5      # restart safeguard (0 = off)
     anderson_beta: float = 1.0
     broyden_memory: int = 0            # 0: the solver's default (keep every update)
     grad: str = "ift"                  # 'ift' | 'jfb' | 'phantom'
@@ -118,6 +120,7 @@ _CHOICES = {
     ("model", "arch"): ("ldeq", "toy"),
     ("solver", "solver"): ("anderson", "broyden", "fixed_point", "fixed_point_last"),
     ("solver", "stop_mode"): ("rel", "abs"),
+    ("solver", "anderson_lam_mode"): ("rel", "abs"),
     ("solver", "grad"): ("ift", "jfb", "phantom"),
     ("data", "dataset"): ("synthetic", "wflw", "toy"),
     ("optim", "optimizer"): ("adam", "adamw"),
@@ -299,6 +302,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"solver.phantom_tau must be in (0, 1], got {cfg.solver.phantom_tau}")
     if not 0.0 < cfg.solver.anderson_beta <= 1.0:
         raise ConfigError(f"solver.anderson_beta must be in (0, 1], got {cfg.solver.anderson_beta}")
+    if not (cfg.solver.anderson_restart == 0 or cfg.solver.anderson_restart > 1):
+        raise ConfigError(f"solver.anderson_restart must be 0 (off) or > 1, got {cfg.solver.anderson_restart}")
     if not cfg.solver.anderson_lam >= 0:
         raise ConfigError(f"solver.anderson_lam must be >= 0, got {cfg.solver.anderson_lam}")
     if not cfg.optim.lr > 0:
@@ -326,4 +331,8 @@ def build_config(preset: Optional[str] = None, files: Sequence[str] = (), overri
 
 def config_from_dict(data: Dict[str, Any]) -> Config:
     """Rebuilds a Config saved with :meth:`Config.to_dict` (e.g. from a checkpoint)."""
+    data = copy.deepcopy(data)
+    solver = data.get("solver") if isinstance(data, dict) else None
+    if isinstance(solver, dict) and "anderson_lam_mode" not in solver:  # saved before relative lam / restarts
+        solver.update(anderson_lam_mode="abs", anderson_restart=0.0)
     return validate(apply_dict(Config(), data, source="saved config", legacy=True))

@@ -120,7 +120,8 @@ class LDEQTask(Task):
         mc, sc = self.cfg.model, self.cfg.solver
         model = {k: v for k, v in dataclasses.asdict(mc).items() if k != "arch"}
         solve = {k: getattr(sc, k) for k in ("solver", "tol", "stop_mode", "extra_step", "anderson_m",
-                                             "anderson_lam", "anderson_beta", "broyden_memory")}
+                                             "anderson_lam", "anderson_lam_mode", "anderson_restart",
+                                             "anderson_beta", "broyden_memory")}
         return LDEQConfig(**model, **solve, heatmap_size=mc.image_size // 4, max_iter=sc.eval_max_iter,
                           stochastic_max_iter=False)
 
