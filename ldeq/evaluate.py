@@ -19,33 +19,19 @@ import numpy as np
 import torch
 
 from ._io import atomic_write_json
+from .cli import int_at_least, nonnegative_float
 from .model.config import SOLVERS
 
 SPLIT_ORDER = ("test", "test_largepose", "test_expression", "test_illumination", "test_makeup",
                "test_occlusion", "test_blur")
 
 
-def _int_at_least(lo: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}")
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
-        return v
-    return parse
-
-
 def _tol(text: str) -> float:
     try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    if not (v >= 0 and v != float("inf")):
+        return nonnegative_float(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0: run exactly --max-iter iterations), "
-                                         f"got {text!r}")
-    return v
+                                         f"got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,14 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default=None,
                    help=f"comma-separated splits (default: every one present of {','.join(SPLIT_ORDER)})")
     p.add_argument("--layout", choices=("auto", "cropped", "original"), default="auto", help="WFLW layout")
-    p.add_argument("--num-images", type=_int_at_least(1), default=200, help="synthetic faces rendered in memory")
+    p.add_argument("--num-images", type=int_at_least(1), default=200, help="synthetic faces rendered in memory")
     p.add_argument("--seed", type=int, default=0, help="synthetic dataset seed")
-    p.add_argument("--limit", type=_int_at_least(1), default=None, help="evaluate at most this many images per split")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=32)
-    p.add_argument("--workers", type=_int_at_least(0), default=0, help="DataLoader worker processes")
+    p.add_argument("--limit", type=int_at_least(1), default=None, help="evaluate at most this many images per split")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--workers", type=int_at_least(0), default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'...")
     p.add_argument("--solver", default=None, choices=SOLVERS, help="override the checkpoint's solver")
-    p.add_argument("--max-iter", type=_int_at_least(1), default=None, help="override the solver iteration budget")
+    p.add_argument("--max-iter", type=int_at_least(1), default=None, help="override the solver iteration budget")
     p.add_argument("--tol", type=_tol, default=None,
                    help="override the solver tolerance (0: a fixed budget of --max-iter iterations)")
     p.add_argument("--grid", type=int, default=16, help="images in grid.png (0: no grid)")

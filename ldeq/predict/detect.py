@@ -15,10 +15,11 @@ see docs/benchmarks.md, "Face detector recall".
 Any callable ``frame_rgb (H, W, 3) uint8 -> (N, >=4) array`` works as a detector too (tests use
 ground-truth boxes this way). Boxes are in frame pixels, x2 > x1, y2 > y1.
 """
-import os
 from typing import Callable, List, Optional, Union
 
 import numpy as np
+
+from ldeq.video.io import load_haar_cascade
 
 DETECTORS = ("haar", "haar-ensemble")
 
@@ -58,13 +59,7 @@ class HaarDetector:
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24,
                  cascade: Optional[str] = None):
-        cv2 = _cv2()
-        cascade = cascade or os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
-        if not os.path.isfile(cascade):
-            raise FileNotFoundError(f"Haar cascade {cascade!r} not found (opencv-python-headless>=4.8,<5 ships it)")
-        self._clf = cv2.CascadeClassifier(cascade)
-        if self._clf.empty():
-            raise ValueError(f"Haar cascade {cascade!r} could not be loaded")
+        self._clf = load_haar_cascade(cascade)
         if not scale_factor > 1:
             raise ValueError(f"scale_factor: expected > 1, got {scale_factor}")
         self.scale_factor, self.min_neighbors, self.min_size = scale_factor, int(min_neighbors), int(min_size)
@@ -114,15 +109,9 @@ class HaarEnsembleDetector:
 
     def __init__(self, angles=(-30.0, 0.0, 30.0), upscale: float = 2.0, min_neighbors: int = 4,
                  min_size: int = 20, nms_iou: float = 0.3, scale_factor: float = 1.1):
-        cv2 = _cv2()
         self._clfs = []
         for name in self.CASCADES:
-            path = os.path.join(cv2.data.haarcascades, name)
-            clf = cv2.CascadeClassifier(path)
-            if clf.empty():
-                raise FileNotFoundError(f"Haar cascade {path!r} not found or unreadable "
-                                        "(opencv-python-headless>=4.8,<5 ships it)")
-            self._clfs.append((name, clf))
+            self._clfs.append((name, load_haar_cascade(name)))
         if not upscale >= 1:
             raise ValueError(f"upscale: expected a number >= 1, got {upscale}")
         self.angles, self.upscale = tuple(float(a) for a in angles), float(upscale)

@@ -19,6 +19,21 @@ def _cv2():
     return cv2
 
 
+def load_haar_cascade(cascade: Optional[str] = None):
+    """An OpenCV CascadeClassifier from ``cascade`` (a path, or a file name in OpenCV's own cascade
+    folder; default: the frontal-face cascade). Raises FileNotFoundError / ValueError naming it."""
+    cv2 = _cv2()
+    cascade = cascade or "haarcascade_frontalface_default.xml"
+    if not os.path.isabs(cascade) and not os.path.isfile(cascade):
+        cascade = os.path.join(cv2.data.haarcascades, cascade)
+    if not os.path.isfile(cascade):
+        raise FileNotFoundError(f"Haar cascade {cascade!r} not found (opencv-python-headless>=4.8,<5 ships it)")
+    clf = cv2.CascadeClassifier(cascade)
+    if clf.empty():
+        raise ValueError(f"Haar cascade {cascade!r} could not be loaded")
+    return clf
+
+
 class VideoError(ValueError):
     """An input video is missing, unreadable or empty."""
 
@@ -207,13 +222,7 @@ class HaarFaceDetector:
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 40,
                  smoothing_alpha: float = 0.5, max_hold: int = 15, cascade: Optional[str] = None):
-        cv2 = _cv2()
-        cascade = cascade or os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
-        if not os.path.isfile(cascade):
-            raise FileNotFoundError(f"Haar cascade {cascade!r} not found (opencv-python-headless>=4.8,<5 ships it)")
-        self._clf = cv2.CascadeClassifier(cascade)
-        if self._clf.empty():
-            raise ValueError(f"Haar cascade {cascade!r} could not be loaded")
+        self._clf = load_haar_cascade(cascade)
         self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
         self.smoothing_alpha, self.max_hold = smoothing_alpha, max_hold
 
