@@ -75,13 +75,27 @@ def test_ddp_matches_single_process(tmp_path, arch):
     assert set(g1) == set(g_r0) and len(g1) > 0
     # one BatchNorm layer at least: the comparison only holds with synchronised statistics
     assert any("running" in k for k in load_checkpoint(os.path.join(single, "checkpoints", "last.pt"))["model"])
+    # The float32 noise floor of this problem, measured: the same single-process step with NCHW instead
+    # of channels-last activations (same batch, same maths, other rounding). The random tiny cell is
+    # not contractive, so the implicit backward amplifies rounding ~1e4x into the backbone's
+    # gradients (about 1 % there, 6e-5 at the cell head); DDP sums in yet another order.
+    os.environ["LDEQ_CHANNELS_LAST"] = "0"
+    try:
+        g_nchw = grads_after_first_step(build_config(None, overrides=overrides), str(tmp_path / "nchw"))
+    finally:
+        del os.environ["LDEQ_CHANNELS_LAST"]
+    # One perturbation is one sample of the noise: a parameter may see little of it by chance, so the
+    # bound also carries the problem's typical relative noise (the median over parameters).
+    rel = sorted(float((g_nchw[n] - g1[n]).norm()) / max(float(g1[n].norm()), 1e-30) for n in g1)
+    rho = rel[len(rel) // 2]
     for name in g1:
         assert torch.equal(g_r0[name], g_r1[name]), f"ranks disagree on {name}"
-        # float32 sums in another order, amplified a little by the implicit backward solve: a
-        # relative 2e-3 in norm (without BatchNorm sync the error is O(1)); the absolute term
+        # Within 4x the noise floor (without BatchNorm sync the error is O(1)); the absolute term
         # covers gradients that are zero in exact arithmetic (biases before a norm, ~1e-10 here).
+        floor = float((g_nchw[name] - g1[name]).norm())
         err = float((g_r0[name] - g1[name]).norm())
-        assert err <= 2e-3 * float(g1[name].norm()) + 1e-7, (name, err, float(g1[name].norm()))
+        assert err <= 4 * (floor + rho * float(g1[name].norm())) + 1e-7, (name, err, floor, rho,
+                                                                            float(g1[name].norm()))
     # metrics are averaged over ranks -> the combined-batch values; only rank 0 wrote files
     rs = [r for r in read_metrics(os.path.join(single, "metrics.jsonl")) if "loss" in r]
     rm = [r for r in read_metrics(os.path.join(multi, "metrics.jsonl")) if "loss" in r]

@@ -6,6 +6,7 @@ keypoints, uncertainty = soft-argmax decode of z*[:, :K]
 
 Attribute names (``tail``, ``deq_layer.cell.{tail,hourglass,head}``) match the official state_dict.
 """
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -50,8 +51,11 @@ def make_backbone(cfg: LDEQConfig) -> nn.Sequential:
 
 
 def _activation_layout(t: torch.Tensor) -> torch.Tensor:
-    """Channels-last on CPU (oneDNN's fast layout for these convolutions), unchanged elsewhere."""
-    return t.contiguous(memory_format=torch.channels_last) if t.device.type == "cpu" and t.dim() == 4 else t
+    """Channels-last on CPU (oneDNN's fast layout for these convolutions), unchanged elsewhere.
+    ``LDEQ_CHANNELS_LAST=0`` (read at every call) keeps NCHW, e.g. to compare the two layouts."""
+    if t.device.type != "cpu" or t.dim() != 4 or os.environ.get("LDEQ_CHANNELS_LAST", "1") == "0":
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 class Cell(nn.Module):
