@@ -43,7 +43,9 @@ gpu-check: setup
 
 # Second-compiler check: every C++ source compiled with Clang (zig c++; `pip install ziglang`),
 # for x86-64 (vector paths) and aarch64 (portable path only). Compile-only, see the script.
+# Installs the ziglang wheel into the venv when it is missing.
 clang-check: $(VENV)/.deps
+	$(PY) -c "import ziglang" 2>/dev/null || $(PY) -m pip install --quiet ziglang
 	$(PY) tools/clang_build_check.py --target x86_64-linux-gnu aarch64-linux-gnu
 
 # Packaging smoke test: wheel from `pip wheel --no-build-isolation .`, installed with its
