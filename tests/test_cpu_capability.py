@@ -22,6 +22,7 @@ from ldeq import _ext
 from ldeq.ops import _reference as ref
 from ldeq.ops import heatmap_decode, heatmap_softargmax, heatmap_softargmax_coords, heatmap_softargmax_decode
 from ldeq.solvers import _kernels as K
+from test_heatmap_ops import PATHS  # the three public paths: fused, separate, coords
 
 F64 = torch.float64
 CAPS = _ext.available_cpu_capabilities() if _ext.extension_loaded() else []
@@ -52,18 +53,6 @@ def cap(request):
             yield name
     finally:
         torch.set_num_threads(before)
-
-
-def _separate(logits, beta, official_std=False):
-    h = heatmap_softargmax(logits, beta)
-    return (h,) + heatmap_decode(h, official_std)
-
-
-def _coords_op(logits, beta, official_std=False):
-    return (heatmap_softargmax(logits, beta),) + heatmap_softargmax_coords(logits, beta, official_std)
-
-
-PATHS = {"fused": heatmap_softargmax_decode, "separate": _separate, "coords": _coords_op}
 
 
 def _ref64(logits, beta, official=False):
