@@ -116,19 +116,7 @@ def output_stage(preds, boxes, q: float, gate: float, crop_size: int, crop_scale
         b = np.asarray(b, np.float64)[:len(p)]
         sides = np.array([crop_sides(square_crop_affine(x, crop_size, crop_scale)[None], crop_size)[0]
                           if np.isfinite(x).all() else np.nan for x in b])
-        y = np.full_like(p, np.nan)
-        ok = np.isfinite(p.reshape(len(p), -1)).all(1)
-        t = 0
-        while t < len(p):
-            if not ok[t]:
-                t += 1
-                continue
-            e = t
-            while e < len(p) and ok[e]:
-                e += 1
-            y[t:e] = MotionKalman(q, gate).filter_sequence(p[t:e], sides[t:e])
-            t = e
-        out.append(y)
+        out.append(filter_with_gaps(MotionKalman(q, gate), p, sides))
     return out
 
 

@@ -112,6 +112,18 @@ def test_filter_with_gaps_restarts_each_run():
     assert np.isnan(out[2, 0])
 
 
+def test_filter_with_gaps_passes_per_frame_arrays_run_by_run():
+    from ldeq.video.filters import MotionKalman
+    rng = np.random.default_rng(0)
+    seq = rng.normal(size=(9, 3, 2)) * 5
+    seq[4] = np.nan
+    scales = rng.uniform(50, 100, size=9)
+    out = filter_with_gaps(MotionKalman(0.1, 0.01), seq, scales)
+    for a, b in ((0, 4), (5, 9)):  # each run from a fresh state, with its own frames' scales
+        np.testing.assert_array_equal(out[a:b], MotionKalman(0.1, 0.01).filter_sequence(seq[a:b], scales[a:b]))
+    assert np.isnan(out[4]).all()
+
+
 def test_bad_parameters_and_input():
     with pytest.raises(ValueError, match="window"):
         MovingAverage(0)

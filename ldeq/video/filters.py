@@ -187,9 +187,10 @@ def make_filter(name: str, **params) -> Filter:
     return FILTERS[name](**params)
 
 
-def filter_with_gaps(filt: Filter, seq) -> np.ndarray:
+def filter_with_gaps(filt: Filter, seq, *per_frame) -> np.ndarray:
     """Filters a (T, ...) sequence in which whole frames may be NaN (no face): each finite run is
-    filtered from a fresh state and NaN frames stay NaN."""
+    filtered from a fresh state and NaN frames stay NaN. ``per_frame``: further (T, ...) arrays
+    sliced like ``seq`` and passed on to ``filter_sequence`` (e.g. MotionKalman's face scales)."""
     seq = np.asarray(seq, dtype=np.float64)
     out = np.full_like(seq, np.nan)
     ok = np.isfinite(seq.reshape(len(seq), -1)).all(axis=1)
@@ -201,7 +202,7 @@ def filter_with_gaps(filt: Filter, seq) -> np.ndarray:
         e = t
         while e < len(seq) and ok[e]:
             e += 1
-        out[t:e] = filt.filter_sequence(seq[t:e])
+        out[t:e] = filt.filter_sequence(seq[t:e], *(a[t:e] for a in per_frame))
         t = e
     return out
 
