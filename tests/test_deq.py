@@ -76,7 +76,7 @@ def test_module_train_vs_eval_budget():
     assert spy.budgets[-1] == 3 and stats.max_iter == 3
 
 
-def test_extra_final_step_at_inference():
+def test_extra_step_at_inference():
     W, x, f = _cell()
     z0 = torch.zeros(3, 5, dtype=DT)
     with torch.no_grad():

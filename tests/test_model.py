@@ -139,7 +139,7 @@ def images(B=2, n=64):
     return torch.randn(B, 3, n, n, dtype=torch.float64)
 
 
-def test_given_z0_is_used_and_extra_final_step_is_one_more_cell_application():
+def test_given_z0_is_used_and_extra_step_is_one_more_cell_application():
     m = tiny(max_iter=1)
     x = images()
     z0 = torch.rand(2, 5, 16, 16, dtype=torch.float64)

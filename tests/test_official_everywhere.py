@@ -1,7 +1,7 @@
 """Issue 13, point 1: an official-format checkpoint whose args say ``rel_diff_target = 0.0`` (the
 official WFLW-V test script's advice for exact results) loads and runs through every entry point:
 the Python API (``load_checkpoint``, ``Predictor``), ``ldeq eval``, ``ldeq video`` and
-``ldeq predict``. Tolerance 0 means a fixed budget: exactly ``max_iters`` iterations, so the
+``ldeq predict``. Tolerance 0 means a fixed budget: exactly ``max_iter`` iterations, so the
 model must reproduce the official fixture's keypoints (computed with 3 plain iterations + the
 extra step, no early stop).
 """
