@@ -30,17 +30,18 @@ TORCH_LIBRARY(ldeq, m) {
         "Tensor coords, Tensor std, bool official_std=False) -> (Tensor, Tensor)");
 
   // ---- solvers (csrc/anderson, csrc/broyden) --------------------------------------------
-  // Anderson (csrc/anderson/anderson.h): history X, G (m, B, d), Gram H (B, m, m) float64.
-  m.def("anderson_update(Tensor X, Tensor(a!) G, Tensor fz, Tensor(b!) H, int slot, int n, "
+  // Anderson (csrc/anderson/anderson.h): history X, F, G (m, B, d), Gram H (B, m, m) float64.
+  m.def("anderson_update(Tensor X, Tensor(a!) G, Tensor(b!) F, Tensor fz, Tensor(c!) H, int slot, int n, "
         "Tensor active) -> (Tensor, Tensor)");
   m.def("anderson_solve(Tensor H, int n, float lam, int newest) -> (Tensor, Tensor)");
-  m.def("anderson_mix(Tensor(a!) X, Tensor G, Tensor alpha, float beta, int slot, int n, "
-        "Tensor active) -> ()");
+  m.def("anderson_mix(Tensor(a!) X, Tensor F, Tensor G, Tensor alpha, float beta, int slot, int n, "
+        "Tensor active, Tensor(b!) z_best, Tensor best_key) -> ()");
   // Broyden (csrc/broyden/broyden.h): low-rank factors U, V (L, B, d).
-  m.def("broyden_pass1(Tensor U, Tensor V, Tensor dx, Tensor fz, Tensor z, Tensor g_old, "
+  m.def("broyden_pass1(Tensor V, Tensor dx, Tensor fz, Tensor z, Tensor g_old, "
         "Tensor(a!) g_new, int n, Tensor active) -> Tensor");
   m.def("broyden_pass2(Tensor(a!) U, Tensor(b!) V, Tensor(c!) dx, Tensor z, Tensor(d!) z_next, "
-        "Tensor g_new, Tensor g_old, Tensor coef, int slot, int n, Tensor active) -> ()");
+        "Tensor g_new, Tensor g_old, Tensor coef, int slot, int n, Tensor active, Tensor(e!) z_best, "
+        "Tensor best_key, int evict_key) -> Tensor");
 }
 
 namespace {

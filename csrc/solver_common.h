@@ -77,6 +77,14 @@ inline void check_active(const at::Tensor& active, int64_t B, const at::Tensor& 
   TORCH_CHECK(active.is_contiguous(), "active must be contiguous");
 }
 
+// best_key (B,) int64: where each sample's lowest-residual iterate lives (the solver's buffer key).
+inline void check_key(const at::Tensor& best_key, int64_t B, const at::Tensor& like) {
+  TORCH_CHECK(best_key.dim() == 1 && best_key.size(0) == B && best_key.scalar_type() == at::kLong,
+              "best_key must be a (B=", B, ",) int64 tensor, got ", best_key.sizes(), " ", best_key.scalar_type());
+  TORCH_CHECK(best_key.device() == like.device(), "best_key must be on ", like.device(), ", got ", best_key.device());
+  TORCH_CHECK(best_key.is_contiguous(), "best_key must be contiguous");
+}
+
 inline void check_f64(const at::Tensor& t, const char* name, at::IntArrayRef shape, const at::Tensor& like) {
   TORCH_CHECK(t.scalar_type() == at::kDouble, name, " must be float64, got ", t.scalar_type());
   TORCH_CHECK(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());

@@ -406,6 +406,21 @@ class _Tracker:
             self.key_used[key] = False
         del self.bufs[key]
 
+    def evict_target(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(z_best, best_key) for a fused kernel that saves the lowest iterates living in a buffer
+        before overwriting it (Anderson's mix); z_best becomes the tracker's own tensor. Follow the
+        kernel with :meth:`evicted`."""
+        if not self.z_best_owned:
+            self.z_best = self.z_best.clone()
+            self.z_best_owned = True
+        return self.z_best, self.best_key
+
+    def evicted(self, key: int, active: torch.Tensor) -> None:
+        """A kernel copied buffer ``key``'s lowest iterates of the ``active`` samples to z_best and
+        overwrote them; inactive samples were not touched, so theirs still live in the buffer."""
+        gone = (self.best_key == key) & active
+        self.best_key = torch.where(gone, torch.full_like(self.best_key, -1), self.best_key)
+
     def best(self) -> torch.Tensor:
         """(B, d) lowest-residual iterate of each sample (a new tensor)."""
         out = None

@@ -20,11 +20,12 @@ def _compiled(op: str, t: torch.Tensor, use_reference: bool) -> bool:
     return not use_reference and use_kernel(op, t.device.type)
 
 
-def anderson_update(X, G, fz, H, slot, n, active, use_reference=False):
-    """G[slot] = fz - X[slot] and one new row of the Gram matrix H; returns (||g||^2, ||fz||^2) (B,) f64."""
+def anderson_update(X, G, F, fz, H, slot, n, active, use_reference=False):
+    """G[slot] = fz - X[slot], F[slot] = fz and one new row of the Gram matrix H; returns
+    (||g||^2, ||fz||^2) (B,) f64."""
     if _compiled("anderson_update", X, use_reference):
-        return torch.ops.ldeq.anderson_update(X, G, fz.contiguous(), H, slot, n, active)
-    return ref.anderson_update(X, G, fz, H, slot, n, active)
+        return torch.ops.ldeq.anderson_update(X, G, F, fz.contiguous(), H, slot, n, active)
+    return ref.anderson_update(X, G, F, fz, H, slot, n, active)
 
 
 def anderson_solve(H, n, lam, newest, use_reference=False):
@@ -34,25 +35,30 @@ def anderson_solve(H, n, lam, newest, use_reference=False):
     return ref.bordered_solve(H, n, float(lam), newest)
 
 
-def anderson_mix(X, G, alpha, beta, slot, n, active, use_reference=False):
-    """X[slot] = sum_i alpha_i (X[i] + beta G[i]) for the active samples, in one pass."""
+def anderson_mix(X, F, G, alpha, beta, slot, n, active, z_best, best_key, use_reference=False):
+    """X[slot] = sum_i alpha_i (F[i] - (1 - beta) G[i]) for the active samples, in one pass; first
+    copies X[slot] of the active samples with best_key == slot to z_best."""
     if _compiled("anderson_mix", X, use_reference):
-        return torch.ops.ldeq.anderson_mix(X, G, alpha, float(beta), slot, n, active)
-    return ref.anderson_mix(X, G, alpha, float(beta), slot, n, active)
+        return torch.ops.ldeq.anderson_mix(X, F, G, alpha, float(beta), slot, n, active, z_best, best_key)
+    return ref.anderson_mix(X, F, G, alpha, float(beta), slot, n, active, z_best, best_key)
 
 
-def broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, active, use_reference=False):
-    """g_new = fz - z and the (B, 3n + 4) f64 dot products of the rank-one update."""
+def broyden_pass1(V, dx, fz, z, g_old, g_new, n, active, use_reference=False):
+    """g_new = fz - z and the (B, 2n + 4) f64 dot products of the rank-one update."""
     if _compiled("broyden_pass1", fz, use_reference):
-        return torch.ops.ldeq.broyden_pass1(U, V, dx, fz.contiguous(), z, g_old, g_new, n, active)
-    return ref.broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, active)
+        return torch.ops.ldeq.broyden_pass1(V, dx, fz.contiguous(), z, g_old, g_new, n, active)
+    return ref.broyden_pass1(V, dx, fz, z, g_old, g_new, n, active)
 
 
-def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, use_reference=False):
-    """Writes the new factor pair at ``slot``, the next step dx and z_next = z + dx."""
+def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key, evict_key,
+                  use_reference=False):
+    """Writes the new factor pair at ``slot``, the next step dx and z_next = z + dx (saving z_next's
+    lowest iterates to z_best first); returns the next pass 1's <u_i, dx> (B, min(n + 1, L)) f64."""
     if _compiled("broyden_pass2", z, use_reference):
-        return torch.ops.ldeq.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active)
-    return ref.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active)
+        return torch.ops.ldeq.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best,
+                                            best_key, evict_key)
+    return ref.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key,
+                             evict_key)
 
 
 def _register_fakes():
@@ -61,7 +67,7 @@ def _register_fakes():
     lib = torch.library
 
     @lib.register_fake("ldeq::anderson_update")
-    def _(X, G, fz, H, slot, n, active):
+    def _(X, G, F, fz, H, slot, n, active):
         B = X.shape[1]
         return X.new_empty(B, dtype=torch.float64), X.new_empty(B, dtype=torch.float64)
 
@@ -70,16 +76,16 @@ def _register_fakes():
         return H.new_empty(H.shape[0], n), H.new_empty(H.shape[0], dtype=torch.bool)
 
     @lib.register_fake("ldeq::anderson_mix")
-    def _(X, G, alpha, beta, slot, n, active):
+    def _(X, F, G, alpha, beta, slot, n, active, z_best, best_key):
         return None
 
     @lib.register_fake("ldeq::broyden_pass1")
-    def _(U, V, dx, fz, z, g_old, g_new, n, active):
-        return fz.new_empty(fz.shape[0], 3 * n + 4, dtype=torch.float64)
+    def _(V, dx, fz, z, g_old, g_new, n, active):
+        return fz.new_empty(fz.shape[0], 2 * n + 4, dtype=torch.float64)
 
     @lib.register_fake("ldeq::broyden_pass2")
-    def _(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active):
-        return None
+    def _(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key, evict_key):
+        return z.new_empty(z.shape[0], min(n + 1, U.shape[0]), dtype=torch.float64)
 
 
 try:

@@ -2,7 +2,7 @@
 kernels against, and the fallback when ``ldeq._C`` is not built.
 
 Shapes (B = batch, d = flattened state size, m / L = history length, n = slots in use):
-  Anderson: X, G (m, B, d) iterates and residuals g_i = f(x_i) - x_i; H (B, m, m) float64 Gram
+  Anderson: X, F, G (m, B, d) iterates x_i, f(x_i) and residuals g_i = f(x_i) - x_i; H (B, m, m) float64 Gram
             matrix H_ij = <g_i, g_j>; active (B,) bool (inactive samples are left untouched).
   Broyden:  U, V (L, B, d) the low-rank inverse-Jacobian factors J^-1 ~ -I + sum_i s_i u_i v_i^T.
 Reductions accumulate in float64 whatever the state dtype.
@@ -19,8 +19,8 @@ def _rows(active):
 # ---------------------------------------------------------------------------------------------
 # Anderson
 # ---------------------------------------------------------------------------------------------
-def anderson_update(X, G, fz, H, slot: int, n: int, active):
-    """G[slot] = fz - X[slot]; H[:, slot, i] = H[:, i, slot] = <G[slot], G[i]> for i < n.
+def anderson_update(X, G, F, fz, H, slot: int, n: int, active):
+    """G[slot] = fz - X[slot], F[slot] = fz; H[:, slot, i] = H[:, i, slot] = <G[slot], G[i]> for i < n.
 
     Returns (res_sq, fz_sq): (B,) float64 squared norms ||fz - X[slot]||^2 and ||fz||^2
     (zero for inactive samples).
@@ -33,6 +33,7 @@ def anderson_update(X, G, fz, H, slot: int, n: int, active):
         return res_sq, fz_sq
     g = fz[r] - X[slot][r]
     G[slot, r] = g
+    F[slot, r] = fz[r]
     g64 = g.to(F64)
     row = torch.einsum("bd,nbd->bn", g64, G[:n][:, r].to(F64))  # (b, n)
     Hr = H[r]
@@ -112,28 +113,33 @@ def _gauss(A, rhs, tiny=1e-13):
     return x
 
 
-def anderson_mix(X, G, alpha, beta: float, slot: int, n: int, active):
-    """X[slot] = sum_{i<n} alpha_i (X_i + beta G_i)  (= beta sum a_i F_i + (1-beta) sum a_i X_i),
-    for active samples; alpha (B, n) float64. In place: slot may be one of the mixed slots."""
+def anderson_mix(X, F, G, alpha, beta: float, slot: int, n: int, active, z_best, best_key):
+    """X[slot] = sum_{i<n} alpha_i (F_i - (1 - beta) G_i)  (= sum a_i (X_i + beta G_i)), for active
+    samples; alpha (B, n) float64. In place: slot may be one of the mixed slots. First, X[slot] of
+    the active samples with best_key == slot (their lowest iterate) is copied to z_best."""
     r = _rows(active)
     if r.numel() == 0:
         return
+    ev = _rows(active & (best_key == slot))
+    if ev.numel():
+        z_best[ev] = X[slot][ev]
     a = alpha[r].to(X.dtype if X.dtype == F64 else torch.float32)
-    Xr = X[:n][:, r].to(a.dtype)
-    Gr = G[:n][:, r].to(a.dtype)
-    X[slot, r] = torch.einsum("bn,nbd->bd", a, Xr + beta * Gr).to(X.dtype)
+    mixed = F[:n][:, r].to(a.dtype)
+    if beta != 1.0:
+        mixed = mixed - (1.0 - beta) * G[:n][:, r].to(a.dtype)
+    X[slot, r] = torch.einsum("bn,nbd->bd", a, mixed).to(X.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
 # Broyden
 # ---------------------------------------------------------------------------------------------
-def broyden_pass1(U, V, dx, fz, z, g_old, g_new, n: int, active):
+def broyden_pass1(V, dx, fz, z, g_old, g_new, n: int, active):
     """g_new = fz - z, then the dot products the rank-one update needs, per active sample:
-    a_i = <u_i, dx>, b_i = <v_i, g_new - g_old>, c_i = <v_i, g_new> (i < n), and
-    <dx, g_new - g_old>, <dx, g_new>, ||g_new||^2, ||fz||^2.
-    Returns (B, 3n + 4) float64 [a | b | c | scalars] (zero rows for inactive samples)."""
+    b_i = <v_i, g_new - g_old>, c_i = <v_i, g_new> (i < n), and <dx, g_new - g_old>, <dx, g_new>,
+    ||g_new||^2, ||fz||^2. (a_i = <u_i, dx> come from the previous :func:`broyden_pass2`.)
+    Returns (B, 2n + 4) float64 [b | c | scalars] (zero rows for inactive samples)."""
     B = fz.shape[0]
-    out = torch.zeros(B, 3 * n + 4, dtype=F64, device=fz.device)
+    out = torch.zeros(B, 2 * n + 4, dtype=F64, device=fz.device)
     r = _rows(active)
     if r.numel() == 0:
         return out
@@ -142,29 +148,36 @@ def broyden_pass1(U, V, dx, fz, z, g_old, g_new, n: int, active):
     g64, dx64 = g.to(F64), dx[r].to(F64)
     dg = g64 - g_old[r].to(F64)
     if n > 0:
-        out[r, :n] = torch.einsum("nbd,bd->bn", U[:n][:, r].to(F64), dx64)
         V64 = V[:n][:, r].to(F64)
-        out[r, n:2 * n] = torch.einsum("nbd,bd->bn", V64, dg)
-        out[r, 2 * n:3 * n] = torch.einsum("nbd,bd->bn", V64, g64)
-    out[r, 3 * n] = (dx64 * dg).sum(1)
-    out[r, 3 * n + 1] = (dx64 * g64).sum(1)
-    out[r, 3 * n + 2] = (g64 * g64).sum(1)
+        out[r, :n] = torch.einsum("nbd,bd->bn", V64, dg)
+        out[r, n:2 * n] = torch.einsum("nbd,bd->bn", V64, g64)
+    out[r, 2 * n] = (dx64 * dg).sum(1)
+    out[r, 2 * n + 1] = (dx64 * g64).sum(1)
+    out[r, 2 * n + 2] = (g64 * g64).sum(1)
     f64 = fz[r].to(F64)
-    out[r, 3 * n + 3] = (f64 * f64).sum(1)
+    out[r, 2 * n + 3] = (f64 * f64).sum(1)
     return out
 
 
-def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot: int, n: int, active):
+def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot: int, n: int, active, z_best, best_key,
+                  evict_key: int):
     """The rank-one update and the next step in one pass, per active sample; coef (B, 3n + 1)
     float64 = [a | sb | sc | k_new]:
       v  = -dx + sum_i a_i v_i                    -> V[slot]
       u~ = dx + (g_new - g_old) - sum_i sb_i u_i  -> U[slot]   (unnormalised; scale kept outside)
       dx <- g_new - sum_i sc_i u_i - k_new u~     (the next step, -J^-1 g_new)
       z_next = z + dx
-    All reads of the old columns (slot may be one of them) happen before the writes."""
+    All reads of the old columns (slot may be one of them) happen before the writes. z_next of the
+    active samples with best_key == evict_key is first copied to z_best. Returns <u_i, dx> (new dx)
+    over the n' = min(n + 1, L) columns in use afterwards: (B, n') float64, zero for inactive rows."""
+    n_next = min(n + 1, U.shape[0])
+    out = torch.zeros(z.shape[0], n_next, dtype=F64, device=z.device)
     r = _rows(active)
     if r.numel() == 0:
-        return
+        return out
+    ev = _rows(active & (best_key == evict_key))
+    if ev.numel():
+        z_best[ev] = z_next[ev]
     acc = F64 if U.dtype == F64 else torch.float32
     c = coef[r].to(acc)
     a, sb, sc, kn = c[:, :n], c[:, n:2 * n], c[:, 2 * n:3 * n], c[:, 3 * n:3 * n + 1]
@@ -181,3 +194,5 @@ def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot: int, n: int, ac
     U[slot, r] = u
     dx[r] = upd.to(dx.dtype)
     z_next[r] = (z[r].to(acc) + upd).to(z.dtype)
+    out[r] = torch.einsum("nbd,bd->bn", U[:n_next][:, r].to(F64), dx[r].to(F64))
+    return out

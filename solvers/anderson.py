@@ -126,8 +126,10 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
     feval = FEval(f, f_subset, z0)
     B, d = feval.B, feval.d
     z = z0.detach().reshape(B, d).contiguous()
-    X = history_empty((m, B, d), z)
-    G = history_empty((m, B, d), z)
+    X = history_empty((m, B, d), z)  # iterates
+    F = history_empty((m, B, d), z)  # f(iterates): an undamped mix reads only these
+    G = history_empty((m, B, d), z)  # residuals F - X: the Gram matrix
+    Xs = [X[i] for i in range(m)]  # fixed views: the tracker knows its buffers by identity
     H = torch.zeros(B, m, m, dtype=torch.float64, device=z.device)
     X[0].copy_(z)
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "anderson", n_keys=m)
@@ -149,13 +151,15 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
                     Hk = H / scale[:, None, None]
                 alpha, fallback = K.anderson_solve(Hk, n, lam, (k - 1) % m, use_reference=use_ref)
             tr.flag(fallback)
-            tr.evict(slot)  # X[slot] is overwritten next: save lowest iterates that live there
-            K.anderson_mix(X, G, alpha, beta, slot, n, tr.active, use_reference=use_ref)
-        fz = feval(X[slot], tr.active, tr.n_active, tr.active_host)
-        res_sq, fz_sq = K.anderson_update(X, G, fz, H, slot, min(k + 1, m), tr.active,
+            # X[slot] is overwritten: the mix saves the lowest iterates living there in the same pass.
+            z_best, best_key = tr.evict_target()
+            K.anderson_mix(X, F, G, alpha, beta, slot, n, tr.active, z_best, best_key, use_reference=use_ref)
+            tr.evicted(slot, tr.active)
+        fz = feval(Xs[slot], tr.active, tr.n_active, tr.active_host)
+        res_sq, fz_sq = K.anderson_update(X, G, F, fz, H, slot, min(k + 1, m), tr.active,
                                           use_reference=use_ref)
         lowest_before = tr.rel_lowest if stop_mode == "rel" else tr.abs_lowest
-        tr.record(k, res_sq.sqrt(), fz_sq.sqrt(), slot, X[slot])
+        tr.record(k, res_sq.sqrt(), fz_sq.sqrt(), slot, Xs[slot])
         if restart > 0:
             written[slot] = k
         if restart > 0 and k > 0:

@@ -22,7 +22,8 @@ def broyden(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3
     first step is plain fixed-point iteration z_1 = f(z_0)); each step z <- z - J^-1 g(z) is
     followed by the rank-one update of J^-1 from (dz, dg). With ``memory`` = L the updates live in
     a ring buffer of L columns and the oldest is dropped (TorchDEQ's ``LBFGS_thres``). Two fused
-    passes per iteration: dot products (+ the residual), then the update and next step together.
+    passes per iteration: dot products with V (+ the residual), then the update, the next step and
+    its dot products with U together (so U is streamed once per iteration, V twice).
 
     Args:
         f, z0, max_iter, tol, stop_mode, eps, f_subset, trajectory, backend: as in :func:`anderson`.
@@ -58,19 +59,20 @@ def broyden(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3
     U, V = history_empty((L, B, d), z), history_empty((L, B, d), z)
     S = torch.zeros(L, B, dtype=f64, device=z.device)  # per-column scales s_i = 1 / <v_i, dg_i>
     g_new = torch.empty_like(g_old)
+    udx = torch.zeros(B, 0, dtype=f64, device=z.device)  # <u_i, dx> of the columns in use (from pass 2)
     cur, n, nupd = 1, 0, 0
     for k in range(1, max_iter):
         fz = feval(Z[cur], tr.active, tr.n_active, tr.active_host)
-        dots = K.broyden_pass1(U, V, dx, fz, Z[cur], g_old, g_new, n, tr.active, use_reference=use_ref)
-        tr.record(k, dots[:, 3 * n + 2].sqrt(), dots[:, 3 * n + 3].sqrt(), cur, Z[cur])
+        dots = K.broyden_pass1(V, dx, fz, Z[cur], g_old, g_new, n, tr.active, use_reference=use_ref)
+        tr.record(k, dots[:, 2 * n + 2].sqrt(), dots[:, 2 * n + 3].sqrt(), cur, Z[cur])
         if tr.n_active == 0 or k == max_iter - 1:
             break
         s_old = S[:n].t()  # (B, n)
         # u_i is stored unnormalised: <s_i u_i, dx> is the coefficient of v_i in the rmatvec.
-        a, b, c = s_old * dots[:, :n], dots[:, n:2 * n], dots[:, 2 * n:3 * n]
+        a, b, c = s_old * udx, dots[:, :n], dots[:, n:2 * n]
         slot = nupd % L
-        vdg = -dots[:, 3 * n] + (a * b).sum(1)  # <v_new, dg>, v_new = -dx + V a, from dots only
-        vg = -dots[:, 3 * n + 1] + (a * c).sum(1)  # <v_new, g_new>
+        vdg = -dots[:, 2 * n] + (a * b).sum(1)  # <v_new, dg>, v_new = -dx + V a, from dots only
+        vg = -dots[:, 2 * n + 1] + (a * c).sum(1)  # <v_new, g_new>
         ok = torch.isfinite(vdg) & (vdg != 0) & torch.isfinite(vg)
         tr.flag(~ok)
         s_new = torch.where(ok, 1.0 / torch.where(ok, vdg, torch.ones_like(vdg)), torch.zeros_like(vdg))
@@ -79,9 +81,11 @@ def broyden(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3
             sc[:, slot] = 0.0  # the evicted column no longer belongs to J^-1 for the next step
         coef = torch.cat([a, s_old * b, sc, (s_new * torch.where(ok, vg, torch.zeros_like(vg)))[:, None]],
                          1).contiguous()
-        tr.evict(1 - cur)
-        K.broyden_pass2(U, V, dx, Z[cur], Z[1 - cur], g_new, g_old, coef, slot, n, tr.active,
-                        use_reference=use_ref)
+        # Z[1 - cur] is overwritten: pass 2 saves the lowest iterates living there in the same pass.
+        z_best, best_key = tr.evict_target()
+        udx = K.broyden_pass2(U, V, dx, Z[cur], Z[1 - cur], g_new, g_old, coef, slot, n, tr.active, z_best,
+                              best_key, 1 - cur, use_reference=use_ref)
+        tr.evicted(1 - cur, tr.active)
         S[slot] = torch.where(tr.active, s_new, S[slot])
         n, nupd = min(n + 1, L), nupd + 1
         g_old, g_new = g_new, g_old

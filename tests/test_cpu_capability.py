@@ -227,19 +227,23 @@ def test_anderson_kernels_match_reference(cap, dtype):
     active = torch.tensor([True, False, True])
     outs = []
     for use_ref in (False, True):
-        Gc, Hc = G.clone(), H.clone()
-        r = K.anderson_update(X, Gc, fz, Hc, slot, n, active, use_reference=use_ref)
-        outs.append((Gc, Hc) + tuple(r))
-    (Gk, Hk, rk, fk), (Gr, Hr, rr, fr) = outs
+        Gc, Fc, Hc = G.clone(), X.clone(), H.clone()
+        r = K.anderson_update(X, Gc, Fc, fz, Hc, slot, n, active, use_reference=use_ref)
+        outs.append((Gc, Fc, Hc) + tuple(r))
+    (Gk, Fk, Hk, rk, fk), (Gr, Fr, Hr, rr, fr) = outs
     torch.testing.assert_close(Gk, Gr, rtol=0, atol=0)  # g = fz - x: one rounding, the same everywhere
+    assert torch.equal(Fk, Fr)
     torch.testing.assert_close(Hk, Hr, rtol=1e-10, atol=1e-9)
     torch.testing.assert_close(rk, rr, rtol=1e-10, atol=0)
     torch.testing.assert_close(fk, fr, rtol=1e-10, atol=0)
     alpha = torch.randn(B, n, dtype=F64)
-    Xk, Xr = X.clone(), X.clone()
-    K.anderson_mix(Xk, G, alpha, 0.7, slot, n, active)
-    K.anderson_mix(Xr, G, alpha, 0.7, slot, n, active, use_reference=True)
-    torch.testing.assert_close(Xk.double(), Xr.double(), rtol=_stol(dtype), atol=_stol(dtype))
+    best_key = torch.tensor([slot, slot, 0])
+    for beta in (0.7, 1.0):  # damped (reads F and G) and undamped (reads F only)
+        Xk, Xr, zk, zr = X.clone(), X.clone(), torch.zeros_like(fz), torch.zeros_like(fz)
+        K.anderson_mix(Xk, Fk, Gk, alpha, beta, slot, n, active, zk, best_key)
+        K.anderson_mix(Xr, Fk, Gk, alpha, beta, slot, n, active, zr, best_key, use_reference=True)
+        torch.testing.assert_close(Xk.double(), Xr.double(), rtol=_stol(dtype), atol=_stol(dtype))
+        assert torch.equal(zk, zr) and torch.equal(zk[0], X[slot, 0]) and not zk[1:].any()
     ak, fbk = K.anderson_solve(Hk + 10 * torch.eye(m, dtype=F64), n, 1e-4, n - 1)
     ar, fbr = K.anderson_solve(Hk + 10 * torch.eye(m, dtype=F64), n, 1e-4, n - 1, use_reference=True)
     torch.testing.assert_close(ak, ar, rtol=1e-9, atol=1e-9)
@@ -253,18 +257,21 @@ def test_broyden_kernels_match_reference(cap, dtype):
     dx, fz, z, go = [t.contiguous() for t in _hist(4, B, d, dtype, 8).unbind(0)]
     active = torch.tensor([True, False, True])
     gk, gr = torch.zeros_like(z), torch.zeros_like(z)
-    dk = K.broyden_pass1(U, V, dx, fz, z, go, gk, n, active)
-    dr = K.broyden_pass1(U, V, dx, fz, z, go, gr, n, active, use_reference=True)
+    dk = K.broyden_pass1(V, dx, fz, z, go, gk, n, active)
+    dr = K.broyden_pass1(V, dx, fz, z, go, gr, n, active, use_reference=True)
     torch.testing.assert_close(gk, gr, rtol=0, atol=0)
     torch.testing.assert_close(dk, dr, rtol=1e-9, atol=1e-8)
     coef = torch.randn(B, 3 * n + 1, dtype=F64)
+    best_key = torch.tensor([0, 0, 1])  # sample 0 evicts its lowest iterate from z_next (key 0)
     outs = []
     for use_ref in (False, True):
-        Uc, Vc, dxc, zn = U.clone(), V.clone(), dx.clone(), torch.zeros_like(z)
-        K.broyden_pass2(Uc, Vc, dxc, z, zn, gk, go, coef, slot, n, active, use_reference=use_ref)
-        outs.append((Uc, Vc, dxc, zn))
+        Uc, Vc, dxc, zn, zb = U.clone(), V.clone(), dx.clone(), go.clone(), torch.zeros_like(z)
+        udx = K.broyden_pass2(Uc, Vc, dxc, z, zn, gk, go, coef, slot, n, active, zb, best_key, 0,
+                              use_reference=use_ref)
+        outs.append((Uc, Vc, dxc, zn, zb, udx))
     for a, b in zip(*outs):
         torch.testing.assert_close(a.double(), b.double(), rtol=_stol(dtype), atol=_stol(dtype) * 10)
+    assert torch.equal(outs[0][4][0], go[0]) and not outs[0][4][1:].any()
 
 
 # ------------------------------------------------------------------------------------ configuration

@@ -27,13 +27,16 @@ def test_anderson_update_matches_reference(device, dtype, slot, n):
     fz = _hist(1, B, d, dtype, device, 3)[0]
     H = torch.randn(B, m, m, dtype=F64, device=device)
     active = torch.tensor([True, False, True], device=device)
+    F = _hist(m, B, d, dtype, device, 4)
     outs = []
     for use_ref in (False, True):
-        Gc, Hc = G.clone(), H.clone()
-        r = K.anderson_update(X, Gc, fz, Hc, slot, n, active, use_reference=use_ref)
-        outs.append((Gc, Hc) + tuple(r))
-    (Gk, Hk, rk, fk), (Gr, Hr, rr, fr) = outs
+        Gc, Fc, Hc = G.clone(), F.clone(), H.clone()
+        r = K.anderson_update(X, Gc, Fc, fz, Hc, slot, n, active, use_reference=use_ref)
+        outs.append((Gc, Fc, Hc) + tuple(r))
+    (Gk, Fk, Hk, rk, fk), (Gr, Fr, Hr, rr, fr) = outs
     torch.testing.assert_close(Gk, Gr, rtol=0, atol=0)  # g = fz - x, rounded the same way
+    assert torch.equal(Fk, Fr) and torch.equal(Fk[slot, 0], fz[0]) and torch.equal(Fk[:, 1], F[:, 1])
+    assert torch.equal(Fk[[s for s in range(m) if s != slot]], F[[s for s in range(m) if s != slot]])
     torch.testing.assert_close(Hk, Hr, rtol=1e-10, atol=1e-9)
     torch.testing.assert_close(rk, rr, rtol=1e-10, atol=0)
     torch.testing.assert_close(fk, fr, rtol=1e-10, atol=0)
@@ -50,19 +53,26 @@ def test_anderson_update_matches_reference(device, dtype, slot, n):
 @pytest.mark.parametrize("slot,n,beta", [(1, 1, 1.0), (3, 3, 0.7), (0, 4, 0.3)])
 def test_anderson_mix_matches_reference_in_place(device, dtype, slot, n, beta):
     m, B, d = 4, 3, 33001
-    X, G = _hist(m, B, d, dtype, device, 4), _hist(m, B, d, dtype, device, 5)
+    X, G, F = _hist(m, B, d, dtype, device, 4), _hist(m, B, d, dtype, device, 5), _hist(m, B, d, dtype, device, 6)
     alpha = torch.randn(B, n, dtype=F64, device=device)
     active = torch.tensor([True, True, False], device=device)
-    Xk, Xr = X.clone(), X.clone()
-    K.anderson_mix(Xk, G, alpha, beta, slot, n, active)
-    K.anderson_mix(Xr, G, alpha, beta, slot, n, active, use_reference=True)
+    # sample 0's lowest iterate lives in the slot being overwritten, sample 1's elsewhere; sample 2's
+    # lives there too but it is inactive: its slot is not overwritten, so it must stay in place
+    best_key = torch.tensor([slot, (slot + 1) % m, slot], device=device)
+    zb0 = _hist(1, B, d, dtype, device, 7)[0]
+    Xk, Xr, zk, zr = X.clone(), X.clone(), zb0.clone(), zb0.clone()
+    K.anderson_mix(Xk, F, G, alpha, beta, slot, n, active, zk, best_key)
+    K.anderson_mix(Xr, F, G, alpha, beta, slot, n, active, zr, best_key, use_reference=True)
     torch.testing.assert_close(Xk.double(), Xr.double(), rtol=_tol(dtype), atol=_tol(dtype))
     # hand formula in float64 from the original history (slot may be one of the mixed slots)
-    want = sum(alpha[0, i] * (X[i, 0].double() + beta * G[i, 0].double()) for i in range(n))
+    want = sum(alpha[0, i] * (F[i, 0].double() - (1 - beta) * G[i, 0].double()) for i in range(n))
     torch.testing.assert_close(Xk[slot, 0].double(), want, rtol=4 * _tol(dtype), atol=4 * _tol(dtype))
     assert torch.equal(Xk[:, 2], X[:, 2])  # inactive sample untouched
     others = [s for s in range(m) if s != slot]
     assert torch.equal(Xk[others], X[others])
+    # the evicted lowest iterate is the old X[slot] of sample 0, bit for bit; nothing else moved
+    for z in (zk, zr):
+        assert torch.equal(z[0], X[slot, 0]) and torch.equal(z[1:], zb0[1:])
 
 
 def _random_gram(B, n, rank=None, seed=0):
@@ -147,15 +157,16 @@ def test_broyden_pass1_matches_reference(device, dtype, n):
     dx, fz, z, go = dx.contiguous(), fz.contiguous(), z.contiguous(), go.contiguous()
     active = torch.tensor([True, False, True], device=device)
     gk, gr = torch.zeros_like(z), torch.zeros_like(z)
-    dk = K.broyden_pass1(U, V, dx, fz, z, go, gk, n, active)
-    dr = K.broyden_pass1(U, V, dx, fz, z, go, gr, n, active, use_reference=True)
-    assert dk.shape == (B, 3 * n + 4)
+    dk = K.broyden_pass1(V, dx, fz, z, go, gk, n, active)
+    dr = K.broyden_pass1(V, dx, fz, z, go, gr, n, active, use_reference=True)
+    assert dk.shape == (B, 2 * n + 4)
     torch.testing.assert_close(gk, gr, rtol=0, atol=0)
     torch.testing.assert_close(dk, dr, rtol=1e-9, atol=1e-8)
     assert not dk[1].any() and not gk[1].any()  # inactive sample untouched
     g = gk[0].double()
     if n:
-        assert abs(float(dk[0, n]) - float(V[0, 0].double() @ (g - go[0].double()))) < 1e-7 * d
+        assert abs(float(dk[0, 0]) - float(V[0, 0].double() @ (g - go[0].double()))) < 1e-7 * d
+        assert abs(float(dk[0, n]) - float(V[0, 0].double() @ g)) < 1e-7 * d
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
@@ -166,15 +177,30 @@ def test_broyden_pass2_matches_reference_in_place(device, dtype, slot, n):
     dx, z, gn, go = [t.contiguous() for t in _hist(4, B, d, dtype, device, 11).unbind(0)]
     coef = torch.randn(B, 3 * n + 1, dtype=F64, device=device)
     active = torch.tensor([True, True, False], device=device)
+    # sample 0's lowest iterate lives in z_next (key 1), sample 1's elsewhere, inactive sample 2's in z_next
+    best_key = torch.tensor([1, 0, 1], device=device)
+    zn0 = _hist(1, B, d, dtype, device, 12)[0]
     outs = []
     for use_ref in (False, True):
-        Uc, Vc, dxc, zn = U.clone(), V.clone(), dx.clone(), torch.zeros_like(z)
-        K.broyden_pass2(Uc, Vc, dxc, z, zn, gn, go, coef, slot, n, active, use_reference=use_ref)
-        outs.append((Uc, Vc, dxc, zn))
-    for a, b in zip(*outs):
+        Uc, Vc, dxc, zn, zb = U.clone(), V.clone(), dx.clone(), zn0.clone(), torch.zeros_like(z)
+        udx = K.broyden_pass2(Uc, Vc, dxc, z, zn, gn, go, coef, slot, n, active, zb, best_key, 1,
+                              use_reference=use_ref)
+        outs.append((Uc, Vc, dxc, zn, zb, udx))
+    for a, b in zip(outs[0][:4], outs[1][:4]):
         torch.testing.assert_close(a.double(), b.double(), rtol=_tol(dtype), atol=_tol(dtype) * 10)
-    Uk, Vk, dxk, znk = outs[0]
-    assert torch.equal(Uk[:, 2], U[:, 2]) and torch.equal(dxk[2], dx[2]) and not znk[2].any()
+    Uk, Vk, dxk, znk, zbk, udxk = outs[0]
+    assert torch.equal(Uk[:, 2], U[:, 2]) and torch.equal(dxk[2], dx[2]) and torch.equal(znk[2], zn0[2])
+    # the lowest iterate leaves z_next bit for bit, only for the active sample that kept it there
+    for zb in (zbk, outs[1][4]):
+        assert torch.equal(zb[0], zn0[0]) and not zb[1:].any()
+    # <u_i, dx> over the columns in use afterwards, from the written U and dx (float64 oracle)
+    n_next = min(n + 1, L)
+    assert udxk.shape == (B, n_next) and not udxk[2].any()
+    for Uo, dxo, udx in ((Uk, dxk, udxk), (outs[1][0], outs[1][2], outs[1][5])):
+        prods = Uo[:n_next, :2].double() * dxo[:2].double()
+        # f64 sums of the same products in another order: |error| <= d eps64 sum |terms|
+        bound = d * 2.3e-16 * prods.abs().sum(-1).t()
+        assert bool(((udx[:2] - prods.sum(-1).t()).abs() <= bound).all())
     # hand formulas for sample 0 in float64
     c = coef[0].cpu()
     a_, sb, sc, kn = c[:n], c[n:2 * n], c[2 * n:3 * n], float(c[3 * n])
@@ -207,19 +233,21 @@ def test_broyden_update_satisfies_the_secant_condition():
     dx = g_old.clone()
     z = z + dx
     n = 0
+    udx = torch.zeros(1, 0, dtype=F64)
+    zb, key = torch.zeros_like(z), torch.full((1,), -1)
     for k in range(2):
         fz = f(z)
         g_new = torch.empty_like(z)
-        dots = ref.broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, act)
+        dots = ref.broyden_pass1(V, dx, fz, z, g_old, g_new, n, act)
         s_old = S[:n].t()
-        a, bb, c = s_old * dots[:, :n], dots[:, n:2 * n], dots[:, 2 * n:3 * n]
-        vdg = -dots[:, 3 * n] + (a * bb).sum(1)
-        vg = -dots[:, 3 * n + 1] + (a * c).sum(1)
+        a, bb, c = s_old * udx, dots[:, :n], dots[:, n:2 * n]
+        vdg = -dots[:, 2 * n] + (a * bb).sum(1)
+        vg = -dots[:, 2 * n + 1] + (a * c).sum(1)
         s_new = 1 / vdg
         coef = torch.cat([a, s_old * bb, s_old * c, (s_new * vg)[:, None]], 1)
         dz, dg = dx.clone(), g_new - g_old
         z_next = torch.empty_like(z)
-        ref.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, n, n, act)
+        udx = ref.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, n, n, act, zb, key, 0)
         S[n] = s_new
         n += 1
         Jinv = -torch.eye(d, dtype=F64) + sum(S[i, 0] * torch.outer(U[i, 0], V[i, 0]) for i in range(n))
@@ -236,18 +264,22 @@ def test_op_schemas_and_fake_kernels_pass_opcheck():
     H = torch.zeros(B, m, m, dtype=F64)
     act = torch.tensor([True, False])
     tests = ("test_schema", "test_faketensor")
-    torch.library.opcheck(torch.ops.ldeq.anderson_update.default, (X, G, fz, H, 1, 2, act), test_utils=tests)
+    torch.library.opcheck(torch.ops.ldeq.anderson_update.default, (X, G, G.clone(), fz, H, 1, 2, act),
+                          test_utils=tests)
     torch.library.opcheck(torch.ops.ldeq.anderson_solve.default, (H + torch.eye(m, dtype=F64), 2, 1e-4, 1),
                           test_utils=tests)
     alpha = torch.full((B, 2), 0.5, dtype=F64)
-    torch.library.opcheck(torch.ops.ldeq.anderson_mix.default, (X, G, alpha, 1.0, 2, 2, act), test_utils=tests)
+    torch.library.opcheck(torch.ops.ldeq.anderson_mix.default,
+                          (X, G.clone(), G, alpha, 1.0, 2, 2, act, fz.clone(), torch.tensor([2, 0])),
+                          test_utils=tests)
     U, V = _hist(m, B, d, torch.float32, "cpu", 4), _hist(m, B, d, torch.float32, "cpu", 5)
     dx, z, go, gn = [t.contiguous() for t in _hist(4, B, d, torch.float32, "cpu", 6).unbind(0)]
-    torch.library.opcheck(torch.ops.ldeq.broyden_pass1.default, (U, V, dx, fz, z, go, gn, 2, act),
+    torch.library.opcheck(torch.ops.ldeq.broyden_pass1.default, (V, dx, fz, z, go, gn, 2, act),
                           test_utils=tests)
     coef = torch.randn(B, 7, dtype=F64)
     torch.library.opcheck(torch.ops.ldeq.broyden_pass2.default,
-                          (U, V, dx, z, torch.zeros_like(z), gn, go, coef, 2, 2, act), test_utils=tests)
+                          (U, V, dx, z, torch.zeros_like(z), gn, go, coef, 2, 2, act, torch.zeros_like(z),
+                           torch.tensor([1, 0]), 1), test_utils=tests)
 
 
 def test_reductions_are_run_to_run_deterministic(device):
@@ -264,9 +296,12 @@ def test_reductions_are_run_to_run_deterministic(device):
         runs = []
         for _ in range(3):
             Gc, H = G.clone(), torch.zeros(B, m, m, dtype=F64, device=device)
-            r = K.anderson_update(X, Gc, fz, H, 2, n, active)
-            dots = K.broyden_pass1(U, V, dx, fz32, z, go, torch.empty_like(z), n, active)
-            runs.append((H, *r, dots))
+            r = K.anderson_update(X, Gc, X.clone(), fz, H, 2, n, active)
+            dots = K.broyden_pass1(V, dx, fz32, z, go, torch.empty_like(z), n, active)
+            udx = K.broyden_pass2(U.clone(), V.clone(), dx.clone(), z, torch.empty_like(z), go, z,
+                                  torch.ones(B, 3 * n + 1, dtype=F64, device=device), 1, n, active,
+                                  torch.empty_like(z), torch.full((B,), -1, device=device), 0)
+            runs.append((H, *r, dots, udx))
     finally:
         torch.use_deterministic_algorithms(prev)
     for later in runs[1:]:
@@ -282,17 +317,17 @@ def test_batch_beyond_the_grid_y_limit(device):
     active[B // 2] = False
     outs = []
     for use_ref in (False, True):
-        Gc, H = G.clone(), torch.zeros(B, m, m, dtype=F64, device=device)
-        r = K.anderson_update(X, Gc, fz, H, slot, n, active, use_reference=use_ref)
-        Xc = X.clone()
-        K.anderson_mix(Xc, Gc, torch.full((B, n), 0.5, dtype=F64, device=device), 0.7, slot, n, active,
-                       use_reference=use_ref)
+        Gc, Fc, H = G.clone(), X.clone(), torch.zeros(B, m, m, dtype=F64, device=device)
+        r = K.anderson_update(X, Gc, Fc, fz, H, slot, n, active, use_reference=use_ref)
+        Xc, zb = X.clone(), torch.zeros_like(fz)
+        K.anderson_mix(Xc, Fc, Gc, torch.full((B, n), 0.5, dtype=F64, device=device), 0.7, slot, n, active, zb,
+                       torch.full((B,), slot, device=device), use_reference=use_ref)
         U, V = X.clone(), G.clone()
-        dots = K.broyden_pass1(U, V, X[0], fz, X[1], G[0], torch.zeros_like(fz), n, active, use_reference=use_ref)
+        dots = K.broyden_pass1(V, X[0], fz, X[1], G[0], torch.zeros_like(fz), n, active, use_reference=use_ref)
         zn, dxc = torch.zeros_like(fz), X[0].clone()
-        K.broyden_pass2(U, V, dxc, X[1], zn, fz, G[0], torch.ones(B, 3 * n + 1, dtype=F64, device=device), slot, n,
-                        active, use_reference=use_ref)
-        outs.append((Gc, H, *r, Xc, dots, U, V, dxc, zn))
+        udx = K.broyden_pass2(U, V, dxc, X[1], zn, fz, G[0], torch.ones(B, 3 * n + 1, dtype=F64, device=device), slot,
+                              n, active, zb.clone(), torch.full((B,), -1, device=device), 0, use_reference=use_ref)
+        outs.append((Gc, Fc, H, *r, Xc, zb, dots, U, V, dxc, zn, udx))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    assert outs[0][1][B - 1].abs().sum() > 0  # the last sample was reached
+    assert outs[0][2][B - 1].abs().sum() > 0  # the last sample was reached

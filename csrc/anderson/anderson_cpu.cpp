@@ -15,17 +15,19 @@ namespace {
 
 // Task bodies: one chunk [j0, j1) of one sample, one entry point per ISA (see solver_common.h).
 template <cpu::Isa isa, typename scalar_t>
-LDEQ_INLINE void update_task_body(const scalar_t* x, scalar_t* g, const scalar_t* fzb, const scalar_t* Gb,
+LDEQ_INLINE void update_task_body(const scalar_t* x, scalar_t* g, scalar_t* fo, const scalar_t* fzb, const scalar_t* Gb,
                                    int64_t stride, int64_t n, int64_t j0, int64_t j1, double* out) {
   for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
     const int64_t s1 = std::min(j1, s0 + kBlock);
     double fsq = 0.0;
 #pragma omp simd reduction(+ : fsq)
     for (int64_t j = s0; j < s1; ++j) {
-      const scalar_t gv = fzb[j] - x[j];  // rounded to the state dtype, as stored
+      const scalar_t fv = fzb[j];
+      const scalar_t gv = fv - x[j];  // rounded to the state dtype, as stored
       g[j] = gv;
-      const double fv = static_cast<double>(fzb[j]);
-      fsq += fv * fv;
+      fo[j] = fv;
+      const double f64 = static_cast<double>(fv);
+      fsq += f64 * f64;
     }
     out[n] += fsq;
     for (int64_t i = 0; i < n; ++i) {
@@ -40,10 +42,10 @@ LDEQ_INLINE void update_task_body(const scalar_t* x, scalar_t* g, const scalar_t
 LDEQ_CPU_KERNEL(update_task, update_task_body)
 
 // One new Gram row + squared norms, per (sample, chunk) task (see for_each_active_chunk_sum).
-std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(at::Tensor X, at::Tensor G, const at::Tensor& fz,
-                                                       at::Tensor H, int64_t slot, int64_t n,
+std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(const at::Tensor& X, at::Tensor G, at::Tensor F,
+                                                       const at::Tensor& fz, at::Tensor H, int64_t slot, int64_t n,
                                                        const at::Tensor& active) {
-  check_anderson_update(X, G, fz, H, slot, n, active);
+  check_anderson_update(X, G, F, fz, H, slot, n, active);
   const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
   const int64_t nout = n + 1;  // n Gram entries, then ||fz||^2 (||g||^2 is the slot entry)
   std::vector<double> sums(B * nout);
@@ -51,10 +53,11 @@ std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(at::Tensor X, at::Tensor 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_update_cpu", [&] {
     const scalar_t* Xp = X.data_ptr<scalar_t>();
     scalar_t* Gp = G.data_ptr<scalar_t>();
-    const scalar_t* Fp = fz.data_ptr<scalar_t>();
+    scalar_t* Fp = F.data_ptr<scalar_t>();
+    const scalar_t* fzp = fz.data_ptr<scalar_t>();
     for_each_active_chunk_sum(B, d, nout, act, sums.data(), [&](int64_t b, int64_t j0, int64_t j1, double* out) {
-      update_task(Xp + (slot * B + b) * d, Gp + (slot * B + b) * d, Fp + b * d, Gp + b * d, B * d, n,
-                            j0, j1, out);
+      const int64_t o = (slot * B + b) * d;
+      update_task(Xp + o, Gp + o, Fp + o, fzp + b * d, Gp + b * d, B * d, n, j0, j1, out);
     });
   });
   auto opts = X.options().dtype(at::kDouble);
@@ -90,39 +93,54 @@ std::tuple<at::Tensor, at::Tensor> anderson_solve_cpu(const at::Tensor& H, int64
 }
 
 template <cpu::Isa isa, typename scalar_t>
-LDEQ_INLINE void mix_task_body(scalar_t* Xb, const scalar_t* Gb, int64_t stride, const double* alpha, double beta,
-                                int64_t slot, int64_t n, int64_t j0, int64_t j1) {
+LDEQ_INLINE void mix_task_body(scalar_t* Xb, const scalar_t* Fb, const scalar_t* Gb, int64_t stride, const double* alpha,
+                                double beta, int64_t slot, int64_t n, int64_t j0, int64_t j1, scalar_t* zbest) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t acc[kBlock];
+  const bool damped = beta != 1.0;  // undamped: the residual history is not read at all
   for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
     const int64_t len = std::min(j1, s0 + kBlock) - s0;
+    scalar_t* out = Xb + slot * stride + s0;
+    if (zbest != nullptr) {  // this sample's lowest iterate lives in X[slot]: save it before the overwrite
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) zbest[s0 + j] = out[j];
+    }
     for (int64_t j = 0; j < len; ++j) acc[j] = acc_t(0);
     for (int64_t i = 0; i < n; ++i) {
       const acc_t ca = static_cast<acc_t>(alpha[i]);
-      const acc_t cb = static_cast<acc_t>(alpha[i] * beta);
-      const scalar_t* xi = Xb + i * stride + s0;
-      const scalar_t* gi = Gb + i * stride + s0;
+      const scalar_t* fi = Fb + i * stride + s0;
+      if (damped) {
+        const acc_t cg = static_cast<acc_t>(alpha[i] * (beta - 1.0));
+        const scalar_t* gi = Gb + i * stride + s0;
 #pragma omp simd
-      for (int64_t j = 0; j < len; ++j) acc[j] += ca * static_cast<acc_t>(xi[j]) + cb * static_cast<acc_t>(gi[j]);
+        for (int64_t j = 0; j < len; ++j) acc[j] += ca * static_cast<acc_t>(fi[j]) + cg * static_cast<acc_t>(gi[j]);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) acc[j] += ca * static_cast<acc_t>(fi[j]);
+      }
     }
-    scalar_t* out = Xb + slot * stride + s0;  // all reads of this block are done
 #pragma omp simd
     for (int64_t j = 0; j < len; ++j) out[j] = static_cast<scalar_t>(acc[j]);
   }
 }
 LDEQ_CPU_KERNEL(mix_task, mix_task_body)
 
-void anderson_mix_cpu(at::Tensor X, const at::Tensor& G, const at::Tensor& alpha, double beta, int64_t slot,
-                      int64_t n, const at::Tensor& active) {
-  check_anderson_mix(X, G, alpha, slot, n, active);
+void anderson_mix_cpu(at::Tensor X, const at::Tensor& F, const at::Tensor& G, const at::Tensor& alpha, double beta,
+                      int64_t slot, int64_t n, const at::Tensor& active, at::Tensor z_best,
+                      const at::Tensor& best_key) {
+  check_anderson_mix(X, F, G, alpha, slot, n, active, z_best, best_key);
   const int64_t B = X.size(1), d = X.size(2);
   const bool* act = active.data_ptr<bool>();
   const double* ap = alpha.data_ptr<double>();
+  const int64_t* keys = best_key.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_mix_cpu", [&] {
     scalar_t* Xp = X.data_ptr<scalar_t>();
+    const scalar_t* Fp = F.data_ptr<scalar_t>();
     const scalar_t* Gp = G.data_ptr<scalar_t>();
+    scalar_t* zb = z_best.data_ptr<scalar_t>();
     for_each_active_chunk(B, d, act, [&](int64_t b, int64_t j0, int64_t j1, int64_t) {
-      mix_task(Xp + b * d, Gp + b * d, B * d, ap + b * n, beta, slot, n, j0, j1);
+      mix_task(Xp + b * d, Fp + b * d, Gp + b * d, B * d, ap + b * n, beta, slot, n, j0, j1,
+               keys[b] == slot ? zb + b * d : static_cast<scalar_t*>(nullptr));
     });
   });
 }

@@ -21,8 +21,8 @@ namespace {
 
 // partial (B, nblk, n + 1): per-block sums of the n Gram entries <g, G_i>, then ||fz||^2.
 template <typename scalar_t>
-__global__ void update_kernel(const scalar_t* __restrict__ X, scalar_t* __restrict__ G, const scalar_t* __restrict__ fz,
-                              const bool* __restrict__ active, int64_t B, int64_t d, int64_t slot, int64_t n,
+__global__ void update_kernel(const scalar_t* __restrict__ X, scalar_t* __restrict__ G, scalar_t* __restrict__ F,
+                              const scalar_t* __restrict__ fz, const bool* __restrict__ active, int64_t B, int64_t d, int64_t slot, int64_t n,
                               int64_t nblk, double* __restrict__ partial) {
   __shared__ double sh[32];
   for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
@@ -32,13 +32,16 @@ __global__ void update_kernel(const scalar_t* __restrict__ X, scalar_t* __restri
     const int64_t j0 = blk * blockDim.x + threadIdx.x;
     const scalar_t* x = X + (slot * B + b) * d;
     scalar_t* g = G + (slot * B + b) * d;
+    scalar_t* fo = F + (slot * B + b) * d;
     const scalar_t* f = fz + b * d;
     double* out = partial + t * (n + 1);
     double fsq = 0.0;
     for (int64_t j = j0; j < d; j += stride) {
-      const scalar_t gv = f[j] - x[j];
+      const scalar_t fj = f[j];
+      const scalar_t gv = fj - x[j];
       g[j] = gv;  // read back below by this same thread only
-      const double fv = static_cast<double>(f[j]);
+      fo[j] = fj;
+      const double fv = static_cast<double>(fj);
       fsq += fv * fv;
     }
     fsq = block_sum(fsq, sh);
@@ -71,10 +74,10 @@ __global__ void update_finish_kernel(const double* __restrict__ row, const bool*
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> anderson_update_cuda(at::Tensor X, at::Tensor G, const at::Tensor& fz,
-                                                        at::Tensor H, int64_t slot, int64_t n,
+std::tuple<at::Tensor, at::Tensor> anderson_update_cuda(const at::Tensor& X, at::Tensor G, at::Tensor F,
+                                                        const at::Tensor& fz, at::Tensor H, int64_t slot, int64_t n,
                                                         const at::Tensor& active) {
-  check_anderson_update(X, G, fz, H, slot, n, active);
+  check_anderson_update(X, G, F, fz, H, slot, n, active);
   const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
   const c10::cuda::CUDAGuard guard(X.device());
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -86,8 +89,8 @@ std::tuple<at::Tensor, at::Tensor> anderson_update_cuda(at::Tensor X, at::Tensor
   at::Tensor partial = at::zeros({B, nblk, n + 1}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_update_cuda", [&] {
     update_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, stream>>>(
-        X.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), fz.data_ptr<scalar_t>(), active.data_ptr<bool>(), B, d, slot,
-        n, nblk, partial.data_ptr<double>());
+        X.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), F.data_ptr<scalar_t>(), fz.data_ptr<scalar_t>(),
+        active.data_ptr<bool>(), B, d, slot, n, nblk, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, n + 1, row.data_ptr<double>(), stream);
@@ -123,37 +126,45 @@ std::tuple<at::Tensor, at::Tensor> anderson_solve_cuda(const at::Tensor& H, int6
 }
 
 template <typename scalar_t>
-__global__ void mix_kernel(scalar_t* __restrict__ X, const scalar_t* __restrict__ G, const double* __restrict__ alpha,
-                           const bool* __restrict__ active, double beta, int64_t B, int64_t d, int64_t slot,
-                           int64_t n, int64_t nblk) {
+__global__ void mix_kernel(scalar_t* __restrict__ X, const scalar_t* __restrict__ F, const scalar_t* __restrict__ G,
+                           const double* __restrict__ alpha, const bool* __restrict__ active, double beta, int64_t B,
+                           int64_t d, int64_t slot, int64_t n, int64_t nblk, scalar_t* __restrict__ z_best,
+                           const int64_t* __restrict__ best_key) {
   using acc_t = at::opmath_type<scalar_t>;
+  const bool damped = beta != 1.0;  // undamped: the residual history is not read at all
   for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
     const int64_t b = t / nblk, blk = t % nblk;
     if (!active[b]) continue;
+    const bool evict = best_key[b] == slot;  // this sample's lowest iterate lives in X[slot]
     const int64_t stride = nblk * blockDim.x;
     for (int64_t j = blk * blockDim.x + threadIdx.x; j < d; j += stride) {
       acc_t acc = acc_t(0);
       for (int64_t i = 0; i < n; ++i) {
         const double a = alpha[b * n + i];
         const int64_t o = (i * B + b) * d + j;
-        acc += static_cast<acc_t>(a) * static_cast<acc_t>(X[o]) + static_cast<acc_t>(a * beta) * static_cast<acc_t>(G[o]);
+        acc += static_cast<acc_t>(a) * static_cast<acc_t>(F[o]);
+        if (damped) acc += static_cast<acc_t>(a * (beta - 1.0)) * static_cast<acc_t>(G[o]);
       }
-      X[(slot * B + b) * d + j] = static_cast<scalar_t>(acc);  // every read of element j is done
+      const int64_t out = (slot * B + b) * d + j;
+      if (evict) z_best[b * d + j] = X[out];
+      X[out] = static_cast<scalar_t>(acc);  // every read of element j is done
     }
   }
 }
 
-void anderson_mix_cuda(at::Tensor X, const at::Tensor& G, const at::Tensor& alpha, double beta, int64_t slot,
-                       int64_t n, const at::Tensor& active) {
-  check_anderson_mix(X, G, alpha, slot, n, active);
-  const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
+void anderson_mix_cuda(at::Tensor X, const at::Tensor& F, const at::Tensor& G, const at::Tensor& alpha, double beta,
+                       int64_t slot, int64_t n, const at::Tensor& active, at::Tensor z_best,
+                       const at::Tensor& best_key) {
+  check_anderson_mix(X, F, G, alpha, slot, n, active, z_best, best_key);
+  const int64_t B = X.size(1), d = X.size(2);
   if (B == 0 || d == 0) return;
   const c10::cuda::CUDAGuard guard(X.device());
   const int64_t nblk = elementwise_blocks(d);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_mix_cuda", [&] {
     mix_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        X.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), alpha.data_ptr<double>(), active.data_ptr<bool>(), beta, B,
-        d, slot, n, nblk);
+        X.data_ptr<scalar_t>(), F.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), alpha.data_ptr<double>(),
+        active.data_ptr<bool>(), beta, B, d, slot, n, nblk, z_best.data_ptr<scalar_t>(),
+        best_key.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

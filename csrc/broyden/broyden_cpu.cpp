@@ -14,10 +14,10 @@ namespace {
 
 // Task bodies: one chunk [j0, j1) of one sample, one entry point per ISA (see solver_common.h).
 template <cpu::Isa isa, typename scalar_t>
-LDEQ_INLINE void pass1_task_body(const scalar_t* Ub, const scalar_t* Vb, int64_t stride, const scalar_t* dxb,
-                                  const scalar_t* fzb, const scalar_t* zb, const scalar_t* gob, scalar_t* gnb,
-                                  int64_t n, int64_t j0, int64_t j1, double* out) {
-  double gbuf[kBlock], dgbuf[kBlock], dxbuf[kBlock];
+LDEQ_INLINE void pass1_task_body(const scalar_t* Vb, int64_t stride, const scalar_t* dxb, const scalar_t* fzb,
+                                  const scalar_t* zb, const scalar_t* gob, scalar_t* gnb, int64_t n, int64_t j0,
+                                  int64_t j1, double* out) {
+  double gbuf[kBlock], dgbuf[kBlock];
   for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
     const int64_t len = std::min(j1, s0 + kBlock) - s0;
     double dxdg = 0, dxg = 0, gg = 0, ff = 0;
@@ -28,42 +28,40 @@ LDEQ_INLINE void pass1_task_body(const scalar_t* Ub, const scalar_t* Vb, int64_t
       const double g64 = static_cast<double>(gv), f64 = static_cast<double>(fzb[s0 + j]);
       const double dg = g64 - static_cast<double>(gob[s0 + j]);
       const double x64 = static_cast<double>(dxb[s0 + j]);
-      gbuf[j] = g64; dgbuf[j] = dg; dxbuf[j] = x64;
+      gbuf[j] = g64; dgbuf[j] = dg;
       dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
     }
-    out[3 * n] += dxdg; out[3 * n + 1] += dxg; out[3 * n + 2] += gg; out[3 * n + 3] += ff;
+    out[2 * n] += dxdg; out[2 * n + 1] += dxg; out[2 * n + 2] += gg; out[2 * n + 3] += ff;
     for (int64_t i = 0; i < n; ++i) {
-      const scalar_t* ui = Ub + i * stride + s0;
       const scalar_t* vi = Vb + i * stride + s0;
-      double a = 0, bb = 0, cc = 0;
-#pragma omp simd reduction(+ : a, bb, cc)
+      double bb = 0, cc = 0;
+#pragma omp simd reduction(+ : bb, cc)
       for (int64_t j = 0; j < len; ++j) {
-        const double u = static_cast<double>(ui[j]), v = static_cast<double>(vi[j]);
-        a += u * dxbuf[j]; bb += v * dgbuf[j]; cc += v * gbuf[j];
+        const double v = static_cast<double>(vi[j]);
+        bb += v * dgbuf[j]; cc += v * gbuf[j];
       }
-      out[i] += a; out[n + i] += bb; out[2 * n + i] += cc;
+      out[i] += bb; out[n + i] += cc;
     }
   }
 }
 LDEQ_CPU_KERNEL(pass1_task, pass1_task_body)
 
-at::Tensor broyden_pass1_cpu(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
-                             const at::Tensor& z, const at::Tensor& g_old, at::Tensor g_new, int64_t n,
-                             const at::Tensor& active) {
-  check_broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, active);
+at::Tensor broyden_pass1_cpu(const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz, const at::Tensor& z,
+                             const at::Tensor& g_old, at::Tensor g_new, int64_t n, const at::Tensor& active) {
+  check_broyden_pass1(V, dx, fz, z, g_old, g_new, n, active);
   const int64_t B = fz.size(0), d = fz.size(1);
-  const int64_t nout = 3 * n + 4;
+  const int64_t nout = 2 * n + 4;
   at::Tensor res = at::empty({B, nout}, fz.options().dtype(at::kDouble));
   const bool* act = active.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fz.scalar_type(), "broyden_pass1_cpu", [&] {
-    const scalar_t *Up = U.data_ptr<scalar_t>(), *Vp = V.data_ptr<scalar_t>(), *dxp = dx.data_ptr<scalar_t>();
+    const scalar_t *Vp = V.data_ptr<scalar_t>(), *dxp = dx.data_ptr<scalar_t>();
     const scalar_t *fzp = fz.data_ptr<scalar_t>(), *zp = z.data_ptr<scalar_t>(), *gop = g_old.data_ptr<scalar_t>();
     scalar_t* gnp = g_new.data_ptr<scalar_t>();
     for_each_active_chunk_sum(B, d, nout, act, res.data_ptr<double>(),
                               [&](int64_t b, int64_t j0, int64_t j1, double* out) {
                                 const int64_t o = b * d;
-                                pass1_task(Up + o, Vp + o, B * d, dxp + o, fzp + o, zp + o, gop + o,
-                                                     gnp + o, n, j0, j1, out);
+                                pass1_task(Vp + o, B * d, dxp + o, fzp + o, zp + o, gop + o, gnp + o, n, j0, j1,
+                                           out);
                               });
   });
   return res;
@@ -72,9 +70,11 @@ at::Tensor broyden_pass1_cpu(const at::Tensor& U, const at::Tensor& V, const at:
 template <cpu::Isa isa, typename scalar_t>
 LDEQ_INLINE void pass2_task_body(scalar_t* Ub, scalar_t* Vb, int64_t stride, scalar_t* dxb, const scalar_t* zb,
                                   scalar_t* znb, const scalar_t* gnb, const scalar_t* gob, const double* cb,
-                                  int64_t slot, int64_t n, int64_t j0, int64_t j1) {
+                                  int64_t slot, int64_t n, int64_t n_next, int64_t j0, int64_t j1, scalar_t* zbest,
+                                  double* out) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t vacc[kBlock], uacc[kBlock], pacc[kBlock];
+  double dxbuf[kBlock];
   const acc_t kn = static_cast<acc_t>(cb[3 * n]);
   for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
     const int64_t len = std::min(j1, s0 + kBlock) - s0;
@@ -98,6 +98,10 @@ LDEQ_INLINE void pass2_task_body(scalar_t* Ub, scalar_t* Vb, int64_t stride, sca
         pacc[j] -= sc * u;
       }
     }
+    if (zbest != nullptr) {  // this sample's lowest iterate lives in z_next: save it before the overwrite
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) zbest[s0 + j] = znb[s0 + j];
+    }
     // All reads of this block (including an evicted column at `slot`) are done.
     scalar_t* uo = Ub + slot * stride + s0;
     scalar_t* vo = Vb + slot * stride + s0;
@@ -105,32 +109,51 @@ LDEQ_INLINE void pass2_task_body(scalar_t* Ub, scalar_t* Vb, int64_t stride, sca
     for (int64_t j = 0; j < len; ++j) {
       const scalar_t us = static_cast<scalar_t>(uacc[j]);
       const acc_t upd = pacc[j] - kn * static_cast<acc_t>(us);
+      const scalar_t dxs = static_cast<scalar_t>(upd);
       uo[j] = us;
       vo[j] = static_cast<scalar_t>(vacc[j]);
-      dxb[s0 + j] = static_cast<scalar_t>(upd);
+      dxb[s0 + j] = dxs;
+      dxbuf[j] = static_cast<double>(dxs);
       znb[s0 + j] = static_cast<scalar_t>(static_cast<acc_t>(zb[s0 + j]) + upd);
+    }
+    // Next iteration's <u_i, dx> over the columns then in use (U[slot] now holds the new one): the
+    // block is still in cache, so the next pass 1 does not stream U at all.
+    for (int64_t i = 0; i < n_next; ++i) {
+      const scalar_t* ui = Ub + i * stride + s0;
+      double a = 0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t j = 0; j < len; ++j) a += static_cast<double>(ui[j]) * dxbuf[j];
+      out[i] += a;
     }
   }
 }
 LDEQ_CPU_KERNEL(pass2_task, pass2_task_body)
 
-void broyden_pass2_cpu(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,
-                       const at::Tensor& g_new, const at::Tensor& g_old, const at::Tensor& coef, int64_t slot,
-                       int64_t n, const at::Tensor& active) {
-  check_broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active);
+at::Tensor broyden_pass2_cpu(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,
+                             const at::Tensor& g_new, const at::Tensor& g_old, const at::Tensor& coef, int64_t slot,
+                             int64_t n, const at::Tensor& active, at::Tensor z_best, const at::Tensor& best_key,
+                             int64_t evict_key) {
+  check_broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key);
   const int64_t B = z.size(0), d = z.size(1);
+  const int64_t n_next = std::min(n + 1, U.size(0));
+  at::Tensor res = at::empty({B, n_next}, z.options().dtype(at::kDouble));
   const bool* act = active.data_ptr<bool>();
   const double* cp = coef.data_ptr<double>();
+  const int64_t* keys = best_key.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "broyden_pass2_cpu", [&] {
     scalar_t *Up = U.data_ptr<scalar_t>(), *Vp = V.data_ptr<scalar_t>(), *dxp = dx.data_ptr<scalar_t>();
     const scalar_t *zp = z.data_ptr<scalar_t>(), *gnp = g_new.data_ptr<scalar_t>(), *gop = g_old.data_ptr<scalar_t>();
     scalar_t* znp = z_next.data_ptr<scalar_t>();
-    for_each_active_chunk(B, d, act, [&](int64_t b, int64_t j0, int64_t j1, int64_t) {
-      const int64_t o = b * d;
-      pass2_task(Up + o, Vp + o, B * d, dxp + o, zp + o, znp + o, gnp + o, gop + o,
-                           cp + b * (3 * n + 1), slot, n, j0, j1);
-    });
+    scalar_t* zb = z_best.data_ptr<scalar_t>();
+    for_each_active_chunk_sum(B, d, n_next, act, res.data_ptr<double>(),
+                              [&](int64_t b, int64_t j0, int64_t j1, double* out) {
+                                const int64_t o = b * d;
+                                pass2_task(Up + o, Vp + o, B * d, dxp + o, zp + o, znp + o, gnp + o, gop + o,
+                                           cp + b * (3 * n + 1), slot, n, n_next, j0, j1,
+                                           keys[b] == evict_key ? zb + o : static_cast<scalar_t*>(nullptr), out);
+                              });
   });
+  return res;
 }
 
 }  // namespace

@@ -17,13 +17,13 @@
 namespace ldeq {
 namespace {
 
-// partial (B, nblk, 3n + 4): per-block sums of [a | b | c | dx.dg, dx.g, g.g, fz.fz]
+// partial (B, nblk, 2n + 4): per-block sums of [b | c | dx.dg, dx.g, g.g, fz.fz]
 template <typename scalar_t>
-__global__ void pass1_kernel(const scalar_t* __restrict__ U, const scalar_t* __restrict__ V,
-                             const scalar_t* __restrict__ dx, const scalar_t* __restrict__ fz,
-                             const scalar_t* __restrict__ z, const scalar_t* __restrict__ g_old,
-                             scalar_t* __restrict__ g_new, const bool* __restrict__ active, int64_t B, int64_t d,
-                             int64_t n, int64_t nblk, double* __restrict__ partial) {
+__global__ void pass1_kernel(const scalar_t* __restrict__ V, const scalar_t* __restrict__ dx,
+                             const scalar_t* __restrict__ fz, const scalar_t* __restrict__ z,
+                             const scalar_t* __restrict__ g_old, scalar_t* __restrict__ g_new,
+                             const bool* __restrict__ active, int64_t B, int64_t d, int64_t n, int64_t nblk,
+                             double* __restrict__ partial) {
   __shared__ double sh[32];
   for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
     const int64_t b = t / nblk, blk = t % nblk;
@@ -31,7 +31,7 @@ __global__ void pass1_kernel(const scalar_t* __restrict__ U, const scalar_t* __r
     const int64_t stride = nblk * blockDim.x;
     const int64_t j0 = blk * blockDim.x + threadIdx.x;
     const int64_t o = b * d;
-    double* ob = partial + t * (3 * n + 4);
+    double* ob = partial + t * (2 * n + 4);
     double dxdg = 0, dxg = 0, gg = 0, ff = 0;
     for (int64_t j = j0; j < d; j += stride) {
       const scalar_t gv = fz[o + j] - z[o + j];
@@ -42,66 +42,68 @@ __global__ void pass1_kernel(const scalar_t* __restrict__ U, const scalar_t* __r
       dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
     }
     double r;
-    r = block_sum(dxdg, sh); if (threadIdx.x == 0) ob[3 * n] = r;
-    r = block_sum(dxg, sh);  if (threadIdx.x == 0) ob[3 * n + 1] = r;
-    r = block_sum(gg, sh);   if (threadIdx.x == 0) ob[3 * n + 2] = r;
-    r = block_sum(ff, sh);   if (threadIdx.x == 0) ob[3 * n + 3] = r;
+    r = block_sum(dxdg, sh); if (threadIdx.x == 0) ob[2 * n] = r;
+    r = block_sum(dxg, sh);  if (threadIdx.x == 0) ob[2 * n + 1] = r;
+    r = block_sum(gg, sh);   if (threadIdx.x == 0) ob[2 * n + 2] = r;
+    r = block_sum(ff, sh);   if (threadIdx.x == 0) ob[2 * n + 3] = r;
     for (int64_t i = 0; i < n; ++i) {
-      const scalar_t* ui = U + i * B * d + o;
       const scalar_t* vi = V + i * B * d + o;
-      double a = 0, bb = 0, cc = 0;
+      double bb = 0, cc = 0;
       for (int64_t j = j0; j < d; j += stride) {
         const double g64 = static_cast<double>(g_new[o + j]);
         const double dg = g64 - static_cast<double>(g_old[o + j]);
         const double v = static_cast<double>(vi[j]);
-        a += static_cast<double>(ui[j]) * static_cast<double>(dx[o + j]);
         bb += v * dg;
         cc += v * g64;
       }
-      r = block_sum(a, sh);  if (threadIdx.x == 0) ob[i] = r;
-      r = block_sum(bb, sh); if (threadIdx.x == 0) ob[n + i] = r;
-      r = block_sum(cc, sh); if (threadIdx.x == 0) ob[2 * n + i] = r;
+      r = block_sum(bb, sh); if (threadIdx.x == 0) ob[i] = r;
+      r = block_sum(cc, sh); if (threadIdx.x == 0) ob[n + i] = r;
     }
   }
 }
 
-at::Tensor broyden_pass1_cuda(const at::Tensor& U, const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz,
-                              const at::Tensor& z, const at::Tensor& g_old, at::Tensor g_new, int64_t n,
-                              const at::Tensor& active) {
-  check_broyden_pass1(U, V, dx, fz, z, g_old, g_new, n, active);
+at::Tensor broyden_pass1_cuda(const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz, const at::Tensor& z,
+                              const at::Tensor& g_old, at::Tensor g_new, int64_t n, const at::Tensor& active) {
+  check_broyden_pass1(V, dx, fz, z, g_old, g_new, n, active);
   const int64_t B = fz.size(0), d = fz.size(1);
   const c10::cuda::CUDAGuard guard(fz.device());
-  at::Tensor out = at::zeros({B, 3 * n + 4}, fz.options().dtype(at::kDouble));
+  at::Tensor out = at::zeros({B, 2 * n + 4}, fz.options().dtype(at::kDouble));
   if (B == 0 || d == 0) return out;
-  const int64_t nblk = reduction_blocks(d, B), nout = 3 * n + 4;
+  const int64_t nblk = reduction_blocks(d, B), nout = 2 * n + 4;
   at::Tensor partial = at::zeros({B, nblk, nout}, out.options());
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fz.scalar_type(), "broyden_pass1_cuda", [&] {
     pass1_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, stream>>>(
-        U.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), fz.data_ptr<scalar_t>(),
-        z.data_ptr<scalar_t>(), g_old.data_ptr<scalar_t>(), g_new.data_ptr<scalar_t>(), active.data_ptr<bool>(), B,
-        d, n, nblk, partial.data_ptr<double>());
+        V.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), fz.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
+        g_old.data_ptr<scalar_t>(), g_new.data_ptr<scalar_t>(), active.data_ptr<bool>(), B, d, n, nblk,
+        partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, nout, out.data_ptr<double>(), stream);
   return out;
 }
 
+// partial (B, nblk, n_next): per-block sums of <u_i, dx_new> over the columns in use afterwards.
 template <typename scalar_t>
 __global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V, scalar_t* __restrict__ dx,
                              const scalar_t* __restrict__ z, scalar_t* __restrict__ z_next,
                              const scalar_t* __restrict__ g_new, const scalar_t* __restrict__ g_old,
                              const double* __restrict__ coef, const bool* __restrict__ active, int64_t B, int64_t d,
-                             int64_t slot, int64_t n, int64_t nblk) {
+                             int64_t slot, int64_t n, int64_t n_next, int64_t nblk, scalar_t* __restrict__ z_best,
+                             const int64_t* __restrict__ best_key, int64_t evict_key,
+                             double* __restrict__ partial) {
   using acc_t = at::opmath_type<scalar_t>;
+  __shared__ double sh[32];
   for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
     const int64_t b = t / nblk, blk = t % nblk;
-    if (!active[b]) continue;
+    if (!active[b]) continue;  // uniform over the block
     const double* cb = coef + b * (3 * n + 1);
     const acc_t kn = static_cast<acc_t>(cb[3 * n]);
+    const bool evict = best_key[b] == evict_key;  // this sample's lowest iterate lives in z_next
     const int64_t o = b * d;
     const int64_t stride = nblk * blockDim.x;
-    for (int64_t j = blk * blockDim.x + threadIdx.x; j < d; j += stride) {
+    const int64_t j0 = blk * blockDim.x + threadIdx.x;
+    for (int64_t j = j0; j < d; j += stride) {
       const acc_t x = static_cast<acc_t>(dx[o + j]), gn = static_cast<acc_t>(g_new[o + j]);
       acc_t v = -x, u = x + (gn - static_cast<acc_t>(g_old[o + j])), p = gn;
       for (int64_t i = 0; i < n; ++i) {
@@ -115,26 +117,45 @@ __global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V,
       U[slot * B * d + o + j] = us;  // every read of element j (an evicted column too) is done
       V[slot * B * d + o + j] = static_cast<scalar_t>(v);
       dx[o + j] = static_cast<scalar_t>(upd);
+      if (evict) z_best[o + j] = z_next[o + j];
       z_next[o + j] = static_cast<scalar_t>(static_cast<acc_t>(z[o + j]) + upd);
+    }
+    // <u_i, dx_new>: each thread re-reads only the elements it wrote above.
+    double* ob = partial + t * n_next;
+    for (int64_t i = 0; i < n_next; ++i) {
+      double a = 0;
+      for (int64_t j = j0; j < d; j += stride)
+        a += static_cast<double>(U[i * B * d + o + j]) * static_cast<double>(dx[o + j]);
+      a = block_sum(a, sh);
+      if (threadIdx.x == 0) ob[i] = a;
     }
   }
 }
 
-void broyden_pass2_cuda(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,
-                        const at::Tensor& g_new, const at::Tensor& g_old, const at::Tensor& coef, int64_t slot,
-                        int64_t n, const at::Tensor& active) {
-  check_broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active);
+at::Tensor broyden_pass2_cuda(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,
+                              const at::Tensor& g_new, const at::Tensor& g_old, const at::Tensor& coef, int64_t slot,
+                              int64_t n, const at::Tensor& active, at::Tensor z_best, const at::Tensor& best_key,
+                              int64_t evict_key) {
+  check_broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key);
   const int64_t B = z.size(0), d = z.size(1);
-  if (B == 0 || d == 0) return;
+  const int64_t n_next = std::min(n + 1, U.size(0));
   const c10::cuda::CUDAGuard guard(z.device());
-  const int64_t nblk = elementwise_blocks(d);
+  at::Tensor out = at::zeros({B, n_next}, z.options().dtype(at::kDouble));
+  if (B == 0 || d == 0) return out;
+  const int64_t nblk = reduction_blocks(d, B);
+  at::Tensor partial = at::zeros({B, nblk, n_next}, out.options());
+  auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "broyden_pass2_cuda", [&] {
-    pass2_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    pass2_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, stream>>>(
         U.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
         z_next.data_ptr<scalar_t>(), g_new.data_ptr<scalar_t>(), g_old.data_ptr<scalar_t>(), coef.data_ptr<double>(),
-        active.data_ptr<bool>(), B, d, slot, n, nblk);
+        active.data_ptr<bool>(), B, d, slot, n, n_next, nblk, z_best.data_ptr<scalar_t>(),
+        best_key.data_ptr<int64_t>(), evict_key, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, n_next, out.data_ptr<double>(),
+                  stream);
+  return out;
 }
 
 }  // namespace
