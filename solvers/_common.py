@@ -345,6 +345,11 @@ class _Tracker:
         self.iters = 0
         self.traj_at = set(trajectory)
         self.trajectory: Dict[int, torch.Tensor] = {}
+        # (n_keys, B, d) tensor and its views ring_views[key] (Anderson's ring of iterates), or None:
+        # when every buffer is one of those views, best() gathers each sample's row in one pass
+        # instead of one select over the batch per key.
+        self.ring: Optional[torch.Tensor] = None
+        self.ring_views: Sequence[torch.Tensor] = ()
 
     def record(self, k: int, abs_res: torch.Tensor, fz_norm: torch.Tensor, key: int, buf: torch.Tensor):
         """Record iteration k: residual ||f(z)-z|| and ||f(z)|| (B,) of the iterate held in buf (B, d)."""
@@ -423,6 +428,10 @@ class _Tracker:
 
     def best(self) -> torch.Tensor:
         """(B, d) lowest-residual iterate of each sample (a new tensor)."""
+        if self.ring is not None and all(buf is self.ring_views[k] for k, buf in self.bufs.items()):
+            rows = torch.arange(self.B, device=self.best_key.device)
+            picked = self.ring[self.best_key.clamp_min(0), rows]  # one gather of B rows
+            return torch.where((self.best_key >= 0)[:, None], picked, self.z_best)
         out = None
         for key, buf in self.bufs.items():
             if self._holds(key):
