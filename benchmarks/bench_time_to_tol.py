@@ -3,6 +3,14 @@
     .venv/bin/python benchmarks/bench_time_to_tol.py [--workloads mdeq transformer ldeq] [--batch 4]
         [--tol 1e-4] [--max-evals 200] [--repeats 1] [--ldeq-image-size 256] [--ldeq-checkpoint PATH]
         [--quick] [--json out.json]
+    .venv/bin/python benchmarks/bench_time_to_tol.py --probe [--probe-gains 2.5 3 4] [--probe-seeds 0 1]
+
+--probe: the count-based check of "default Anderson converges wherever Broyden does" (no timing: the
+f-evaluation counts and convergence do not depend on the machine's load). Over a grid of transformer
+instances (weight gains x seeds, B = 4; probe_instance()) it runs ldeq's default Anderson, its
+Broyden and type-II Anderson with restarts (the default before type I), and exits 1 when some
+instance converges with Broyden but not with default Anderson. tests/test_solvers_anderson_safeguards.py
+runs the same check on gains 2.5, 3, 4 x seeds 0, 1.
 
 Every solve stops when every sample's relative residual ||f(z) - z|| / (||f(z)|| + 1e-9) is below
 --tol, or after --max-evals evaluations of f. Reported per run: wall time, time inside f, f
@@ -96,6 +104,53 @@ class TransformerCell(nn.Module):
     def forward(self, z, x):
         h = self.ln1(z + self.attn(z, z, z, need_weights=False)[0] + x)
         return self.ln2(h + self.mlp(h))
+
+
+def probe_instance(gain: float, seed: int, B: int = 4, L: int = 64, D: int = 128):
+    """Transformer instance of the --probe grid: cell weights from torch.manual_seed(seed), matrices
+    x gain, injection x ~ N(0, 1) from Generator seed + 10. Returns (f, z0)."""
+    torch.manual_seed(seed)
+    cell = TransformerCell(D=D, hidden=2 * D).eval()
+    with torch.no_grad():
+        for prm in cell.parameters():
+            if prm.dim() == 2:
+                prm.mul_(gain)
+    x = torch.randn(B, L, D, generator=torch.Generator().manual_seed(seed + 10))
+    return (lambda z: cell(z, x)), torch.zeros_like(x)
+
+
+PROBE_SOLVERS = (("anderson", "default", {}), ("broyden", "default", {}),
+                 ("anderson", "type II, restart 1.5", dict(kind="II", restart=1.5)))
+
+
+def probe(gains, seeds, tol=1e-4, max_evals=200) -> int:
+    """Count-based check: returns the number of instances where Broyden converges and default
+    Anderson does not (0 = the target is met on this grid)."""
+    torch.set_flush_denormal(True)
+    print(f"probe: transformer (4, 64, 128), gains {list(gains)} x seeds {list(seeds)}, rel tol {tol}, "
+          f"max {max_evals} f-evaluations; per solver: max f-evaluations over the batch (X: some sample "
+          f"did not converge)", flush=True)
+    conv = {(s, label): 0 for s, label, _ in PROBE_SOLVERS}
+    misses, n = [], 0
+    print("| gain | seed | " + " | ".join(f"{s} ({lab})" for s, lab, _ in PROBE_SOLVERS) + " |")
+    print("|---|---|" + "---|" * len(PROBE_SOLVERS))
+    for gain in gains:
+        for seed in seeds:
+            f, z0 = probe_instance(gain, seed)
+            ok, cells = {}, []
+            with torch.no_grad():
+                for solver, label, kw in PROBE_SOLVERS:
+                    _, st = S.get_solver(solver)(f, z0, max_iter=max_evals, tol=tol, stop_mode="rel", **kw)
+                    ok[(solver, label)] = c = bool(st.converged.all())
+                    conv[(solver, label)] += c
+                    cells.append(f"{int(st.nstep.max())}{'' if c else ' X'}")
+            n += 1
+            if ok[("broyden", "default")] and not ok[("anderson", "default")]:
+                misses.append((gain, seed))
+            print(f"| {gain} | {seed} | " + " | ".join(cells) + " |", flush=True)
+    print(f"\nconverged (all samples) on: " + ", ".join(f"{s} ({lab}) {conv[(s, lab)]}/{n}" for s, lab, _ in PROBE_SOLVERS))
+    print(f"instances where Broyden converges and default Anderson does not: {misses or 'none'}", flush=True)
+    return len(misses)
 
 
 def make_workload(name: str, B: int, dev, a) -> Dict:
@@ -235,7 +290,12 @@ def main(argv=None):
                    help="keep denormal floats (x86: Anderson's mixed iterates make the mdeq convs ~8x slower, "
                         "in both libraries)")
     p.add_argument("--json", default=None)
+    p.add_argument("--probe", action="store_true", help="count-based check only (see above), no timing")
+    p.add_argument("--probe-gains", type=float, nargs="+", default=[2.5, 3.0, 4.0])
+    p.add_argument("--probe-seeds", type=int, nargs="+", default=[0, 1])
     a = p.parse_args(argv)
+    if a.probe:
+        return 1 if probe(a.probe_gains, a.probe_seeds, a.tol, a.max_evals) else 0
     dev = torch.device(a.device)
     if not a.no_flush_denormal and dev.type == "cpu":
         torch.set_flush_denormal(True)

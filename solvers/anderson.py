@@ -6,14 +6,16 @@ import torch
 from . import _kernels as K
 from ._common import (FEval, StateLike, _Tracker, accepts_state_lists, check_common, check_float,
                       check_int, check_trajectory, history_empty, reject_unknown, resolve_damping)
+from ._anderson_safeguard import cross_gram_update, resolve_kind, type1_bordered_solve
 from ._stats import SolverStats
 
 LAM_MODES = ("rel", "abs")
 #: Default relative regularisation (lam_mode 'rel'), chosen by benchmarks/bench_time_to_tol.py.
 LAM_DEFAULT = 1e-8
-#: Default restart threshold: a sample whose residual exceeds this multiple of its lowest residual
-#: so far, or whose lowest residual has not improved for m iterations, drops its history (chosen
-#: by benchmarks/bench_time_to_tol.py: see docs/solvers.md).
+#: Default restart threshold of type-II Anderson: a sample whose residual exceeds this multiple of
+#: its lowest residual so far, or whose lowest residual has not improved for m iterations, drops its
+#: history (chosen by benchmarks/bench_time_to_tol.py: see docs/solvers.md). Type I (the default
+#: kind) runs without restarts: they cost it convergence on the --probe grid.
 RESTART_DEFAULT = 1.5
 
 
@@ -67,11 +69,12 @@ def check_backend(backend: str) -> bool:
 @accepts_state_lists
 @torch.no_grad()
 def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT, lam_mode: str = "rel",
-             restart: float = RESTART_DEFAULT, beta: Optional[float] = None, tau: Optional[float] = None, max_iter: int = 50,
+             kind: Optional[str] = None, restart: Optional[float] = None, beta: Optional[float] = None, tau: Optional[float] = None, max_iter: int = 50,
              tol: float = 1e-3, stop_mode: str = "rel", eps: float = 1e-9,
              f_subset: Optional[Callable] = None, trajectory: Optional[Sequence[int]] = None,
              backend: str = "auto", **unknown) -> Tuple[StateLike, SolverStats]:
-    """Solve z = f(z) by Anderson acceleration (type II, the DEQ / TorchDEQ variant).
+    """Solve z = f(z) by Anderson acceleration: type I by default, type II (the DEQ / TorchDEQ
+    variant) with ``kind='II'``, with ``lam_mode='abs'`` or with ``restart`` given.
 
     Iteration k >= 1 mixes the last n = min(k, m) iterates x_i and residuals g_i = f(x_i) - x_i:
         alpha = argmin ||sum_i alpha_i g_i||^2 + lam s ||alpha||^2  s.t.  sum_i alpha_i = 1
@@ -83,6 +86,10 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
     (z_1 is therefore the damped step z0 + beta g_0). The Gram matrix of the residuals gets one new
     row per iteration and the small bordered system is solved in float64 for the whole batch; a
     singular/ill-conditioned system falls back to a regularised solve (``stats.safeguard``).
+    That is type II. Type I (``kind='I'``) instead solves for the alpha whose mixed residual is
+    orthogonal to the differences of the iterates, (x_i - x_new)^T sum_j alpha_j g_j = 0 (the
+    multisecant good-Broyden condition), from the cross Gram matrix <x_i, g_j> kept alongside
+    (solvers/_anderson_safeguard.py); ``lam`` then only serves a singular system's retry.
 
     Args:
         f: callable mapping a tensor shaped like z0 (batch first) to the same shape and dtype.
@@ -91,7 +98,13 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
             takes and returns such a list; the result is one too).
         m: history size (>= 1). lam: Tikhonov regularisation of the Gram matrix (>= 0), relative to
             its scale (lam_mode 'rel') or absolute (lam_mode 'abs').
-        restart: safeguard (0 = off): a sample whose residual (stop mode) exceeds ``restart`` x its
+        kind: 'I' (type I), 'II' (type II, TorchDEQ's) or None (default): type I, unless
+            ``lam_mode='abs'`` or ``restart`` is given (then type II: every call that names those
+            options keeps its meaning). On the transformer instances of
+            ``benchmarks/bench_time_to_tol.py --probe`` type I converges wherever Broyden does and
+            type II (with or without restarts) does not (docs/solvers.md). Type I runs its small
+            solve in batched torch, not in the fused kernel.
+        restart: safeguard (0 = off; None: 0 for type I, RESTART_DEFAULT for type II): a sample whose residual (stop mode) exceeds ``restart`` x its
             lowest residual so far, or whose lowest residual has not improved for m iterations,
             forgets its history and takes a plain damped step from its newest iterate (a normal event,
             not flagged in stats.safeguard). Without it Anderson stalls on maps that are not contractive enough
@@ -117,6 +130,9 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
     if lam_mode not in LAM_MODES:
         raise ValueError(f"lam_mode must be 'rel' (lam relative to the Gram matrix's scale) or 'abs' "
                          f"(TorchDEQ's absolute lam), got {lam_mode!r}")
+    kind = resolve_kind(kind, lam_mode, restart)
+    if restart is None:
+        restart = 0.0 if kind == "I" else RESTART_DEFAULT
     restart = check_float("restart", restart, 0.0)
     if 0.0 < restart < 1.0:
         raise ValueError(f"restart must be 0 (off) or a factor >= 1, got {restart!r}")
@@ -138,13 +154,17 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
     written = torch.zeros(m, dtype=torch.long, device=z.device)
     restart_at = torch.zeros(B, dtype=torch.long, device=z.device)  # slots written before are forgotten
     last_improved = torch.zeros(B, dtype=torch.long, device=z.device)
+    C = torch.zeros(B, m, m, dtype=torch.float64, device=z.device) if kind == "I" else None  # <x_i, g_j>
     for k in range(max_iter):
         slot = k % m
         if k > 0:
             n = min(k, m)
-            if restart > 0:
+            if restart > 0 or kind == "I":
                 valid = written[None, :n] >= restart_at[:, None]
-                alpha, fallback = masked_bordered_solve(H, n, lam, lam_mode == "rel", (k - 1) % m, valid)
+                if kind == "I":
+                    alpha, fallback = type1_bordered_solve(C, n, (k - 1) % m, valid)
+                else:
+                    alpha, fallback = masked_bordered_solve(H, n, lam, lam_mode == "rel", (k - 1) % m, valid)
             else:
                 Hk = H
                 if lam_mode == "rel":  # alpha is invariant to scaling H: divide by its scale, keep lam
@@ -161,6 +181,8 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
                                           use_reference=use_ref)
         lowest_before = tr.rel_lowest if stop_mode == "rel" else tr.abs_lowest
         tr.record(k, res_sq.sqrt(), fz_sq.sqrt(), slot, Xs[slot])
+        if kind == "I":
+            cross_gram_update(C, X, G, slot, min(k + 1, m))
         if restart > 0:
             written[slot] = k
         if restart > 0 and k > 0:
