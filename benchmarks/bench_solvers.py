@@ -17,6 +17,7 @@ so the floor is as low (strict) as this machine's measured bandwidth allows.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -121,8 +122,11 @@ def main(argv=None):
     p.add_argument("--m", type=int, default=6)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--solvers", nargs="+", default=["anderson", "broyden"])
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
     from torchdeq.solver import anderson_solver, broyden_solver
 
     dev, dtype, d = torch.device(a.device), torch.float32, 98 * 64 * 64
@@ -138,6 +142,7 @@ def main(argv=None):
         "broyden": lambda f, z0: broyden_solver(f, z0, max_iter=T - 1, tol=0, stop_mode="abs"),
     }
     rows = []
+    print(f"load average at start {os.getloadavg()[0]:.2f}, ", end="")
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"d = 98*64*64 = {d}, {T} f evaluations, m = {m}, float32", flush=True)
     for B in a.batch:
@@ -175,6 +180,7 @@ def main(argv=None):
               f"{r['speedup_self']:.2f}x | {r['floor']:.3f} | {r['self_over_floor']:.2f} | "
               f"{r['speedup_bound']:.2f}x |")
     print("\nstreaming bandwidth (best of sum, copy, triad): " + ", ".join(f"B={r['B']}: {r['bandwidth_GBs']:.1f} GB/s" for r in rows[::len(a.solvers)]))
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)

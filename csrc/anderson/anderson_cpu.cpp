@@ -17,26 +17,22 @@ namespace {
 template <cpu::Isa isa, typename scalar_t>
 LDEQ_INLINE void update_task_body(const scalar_t* x, scalar_t* g, scalar_t* fo, const scalar_t* fzb, const scalar_t* Gb,
                                    int64_t stride, int64_t n, int64_t j0, int64_t j1, double* out) {
+  double gbuf[kBlock];
   for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
-    const int64_t s1 = std::min(j1, s0 + kBlock);
+    const int64_t len = std::min(j1, s0 + kBlock) - s0;
     double fsq = 0.0;
 #pragma omp simd reduction(+ : fsq)
-    for (int64_t j = s0; j < s1; ++j) {
-      const scalar_t fv = fzb[j];
-      const scalar_t gv = fv - x[j];  // rounded to the state dtype, as stored
-      g[j] = gv;
-      fo[j] = fv;
+    for (int64_t j = 0; j < len; ++j) {
+      const scalar_t fv = fzb[s0 + j];
+      const scalar_t gv = fv - x[s0 + j];  // rounded to the state dtype, as stored
+      g[s0 + j] = gv;
+      fo[s0 + j] = fv;
+      gbuf[j] = static_cast<double>(gv);
       const double f64 = static_cast<double>(fv);
       fsq += f64 * f64;
     }
     out[n] += fsq;
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar_t* gi = Gb + i * stride;
-      double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t j = s0; j < s1; ++j) acc += static_cast<double>(g[j]) * static_cast<double>(gi[j]);
-      out[i] += acc;
-    }
+    block_dots(Gb + s0, stride, n, gbuf, len, out);  // row `slot` is g itself: its squared norm
   }
 }
 LDEQ_CPU_KERNEL(update_task, update_task_body)

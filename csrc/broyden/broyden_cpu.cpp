@@ -32,16 +32,7 @@ LDEQ_INLINE void pass1_task_body(const scalar_t* Vb, int64_t stride, const scala
       dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
     }
     out[2 * n] += dxdg; out[2 * n + 1] += dxg; out[2 * n + 2] += gg; out[2 * n + 3] += ff;
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar_t* vi = Vb + i * stride + s0;
-      double bb = 0, cc = 0;
-#pragma omp simd reduction(+ : bb, cc)
-      for (int64_t j = 0; j < len; ++j) {
-        const double v = static_cast<double>(vi[j]);
-        bb += v * dgbuf[j]; cc += v * gbuf[j];
-      }
-      out[i] += bb; out[n + i] += cc;
-    }
+    block_dots2(Vb + s0, stride, n, dgbuf, gbuf, len, out, out + n);
   }
 }
 LDEQ_CPU_KERNEL(pass1_task, pass1_task_body)
@@ -118,13 +109,7 @@ LDEQ_INLINE void pass2_task_body(scalar_t* Ub, scalar_t* Vb, int64_t stride, sca
     }
     // Next iteration's <u_i, dx> over the columns then in use (U[slot] now holds the new one): the
     // block is still in cache, so the next pass 1 does not stream U at all.
-    for (int64_t i = 0; i < n_next; ++i) {
-      const scalar_t* ui = Ub + i * stride + s0;
-      double a = 0;
-#pragma omp simd reduction(+ : a)
-      for (int64_t j = 0; j < len; ++j) a += static_cast<double>(ui[j]) * dxbuf[j];
-      out[i] += a;
-    }
+    block_dots(Ub + s0, stride, n_next, dxbuf, len, out);
   }
 }
 LDEQ_CPU_KERNEL(pass2_task, pass2_task_body)
