@@ -1,7 +1,8 @@
 """Time to tolerance: ldeq.solvers against TorchDEQ on three DEQ workloads, same process.
 
     .venv/bin/python benchmarks/bench_time_to_tol.py [--workloads mdeq transformer ldeq] [--batch 4]
-        [--tol 1e-4] [--max-evals 200] [--repeats 1] [--ldeq-image-size 256] [--ldeq-checkpoint PATH]
+        [--tol 1e-4] [--max-evals 200] [--repeats 1] [--ldeq-repeats N] [--ldeq-batch N] [--ldeq-image-size 256]
+        [--ldeq-rho 0.9] [--ldeq-checkpoint PATH]
         [--quick] [--json out.json]
     .venv/bin/python benchmarks/bench_time_to_tol.py --probe [--probe-gains 2.5 3 4] [--probe-seeds 0 1]
 
@@ -28,7 +29,13 @@ Workloads (float32, CPU unless --device cuda):
                h = LN(z + MHA(z) + x), f(z) = LN(h + MLP(h)).
   ldeq:        the LDEQ cell (ldeq.model, LDEQConfig() widths: 98 heatmaps, hourglass 224/+24,
                injection 224) at --ldeq-image-size (256: 64x64 heatmaps, the paper's), from random
-               weights or --ldeq-checkpoint.
+               weights or --ldeq-checkpoint. The random cell is expansive (spectral radius of f's
+               Jacobian at z0 = 0 about 12: no solver converges), so its z-weights W_z (the z part
+               of the first 1x1 conv, the only place z enters f) are scaled to make that spectral
+               radius --ldeq-rho (0.9; 0 keeps the random weights). At z0 = 0 the Jacobian is
+               exactly proportional to the scale (f(z) = rest(W_z z + c)), so the scale is
+               rho / rho_1, rho_1 estimated by 10 finite-difference power iterations on the
+               unscaled cell (the mean of the last four ratios, the largest over the batch).
 
 Random weights are drawn from a fixed seed (torch.manual_seed(0)); the mdeq cell's convs are scaled
 by 0.9, the transformer's weight matrices by --transformer-gain (3: the case where plain Anderson
@@ -153,6 +160,25 @@ def probe(gains, seeds, tol=1e-4, max_evals=200) -> int:
     return len(misses)
 
 
+@torch.no_grad()
+def jacobian_radius_at(f, z0, iters: int = 10, seed: int = 1) -> float:
+    """Spectral radius of f's Jacobian at z0 by finite-difference power iteration (largest over the
+    batch; the mean of the last four ratios, as a complex dominant pair makes them oscillate)."""
+    f0 = f(z0)
+    B = z0.shape[0]
+    v = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(z0)
+    shape = (B,) + (1,) * (z0.dim() - 1)
+    v = v / v.reshape(B, -1).norm(dim=1).view(shape)
+    eps = 1e-3 * f0.reshape(B, -1).norm(dim=1).view(shape)
+    ratios = []
+    for _ in range(iters):
+        jv = (f(z0 + eps * v) - f0) / eps
+        r = jv.reshape(B, -1).norm(dim=1)
+        ratios.append(r)
+        v = jv / r.view(shape)
+    return float(torch.stack(ratios[-4:]).mean(0).max())
+
+
 def make_workload(name: str, B: int, dev, a) -> Dict:
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -185,8 +211,15 @@ def make_workload(name: str, B: int, dev, a) -> Dict:
         with torch.no_grad():
             c = model.deq_layer.cell.inject(model.injection(imgs))
         z0 = model.zeros_z0(B, imgs)
-        return dict(f=lambda z: model.deq_layer.cell.step(z, c), z0=z0,
-                    desc=f"LDEQ cell {tuple(z0.shape[1:])}" + (" (checkpoint)" if a.ldeq_checkpoint else " (random init)"))
+        cell = model.deq_layer.cell
+        desc = f"LDEQ cell {tuple(z0.shape[1:])}" + (" (checkpoint)" if a.ldeq_checkpoint else " (random init)")
+        if not a.ldeq_checkpoint and a.ldeq_rho > 0:
+            rho1 = jacobian_radius_at(lambda z: cell.step(z, c), z0)
+            scale = a.ldeq_rho / rho1
+            with torch.no_grad():
+                cell.tail.conv.weight[:, :cell.z_width].mul_(scale)
+            desc += f", W_z x {scale:.4f} (spectral radius at z0 {rho1:.2f} -> {a.ldeq_rho})"
+        return dict(f=lambda z: cell.step(z, c), z0=z0, desc=desc)
     raise ValueError(f"unknown workload {name!r}")
 
 
@@ -225,7 +258,7 @@ def ldeq_configs(max_evals, quick):
     c = [("anderson", "default", dict()), ("broyden", "default", dict()), ("fixed_point", "default", dict())]
     if not quick:
         c += [("anderson", "m=10", dict(m=10)), ("anderson", "beta=0.8", dict(beta=0.8)),
-              ("anderson", "lam=1e-4 (rel)", dict(lam=1e-4)), ("broyden", "memory=30", dict(memory=30)),
+              ("anderson", "type II, restart 1.5", dict(kind="II", restart=1.5)), ("broyden", "memory=30", dict(memory=30)),
               ("fixed_point", "beta=0.8", dict(beta=0.8))]
     return c
 
@@ -279,9 +312,12 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--max-evals", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1, help="runs per setting, the fastest reported")
+    p.add_argument("--ldeq-repeats", type=int, default=None, help="--repeats for the ldeq workload (default --repeats)")
     p.add_argument("--ldeq-image-size", type=int, default=256)
     p.add_argument("--ldeq-checkpoint", default=None)
+    p.add_argument("--ldeq-rho", type=float, default=0.9,
+                   help="random LDEQ cell: scale W_z to this spectral radius of the Jacobian at z0 (0: unscaled)")
     p.add_argument("--ldeq-batch", type=int, default=None, help="batch for the ldeq workload (default --batch)")
     p.add_argument("--quick", action="store_true", help="defaults only (no grid)")
     p.add_argument("--transformer-gain", type=float, default=3.0,
@@ -320,7 +356,8 @@ def main(argv=None):
                     continue
                 solver, label, kw = cfgs[i]
                 best = None
-                for _ in range(a.repeats):
+                reps = a.ldeq_repeats if (wname == "ldeq" and a.ldeq_repeats) else a.repeats
+                for _ in range(reps):
                     r = fn(w["f"], w["z0"], solver, kw, a.tol, a.max_evals, dev)
                     best = r if best is None or r["wall"] < best["wall"] else best
                 row = dict(workload=wname, B=B, lib=lib, solver=solver, setting=label, **best,
