@@ -236,6 +236,25 @@ def test_trajectory_holds_the_lowest_iterate_so_far(name):
         torch.testing.assert_close(st.trajectory[k], zk, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("tol", [0.0, 1e-12])
+@pytest.mark.parametrize("name,kw", [("anderson", dict(m=2, restart=0, lam=1e-4, lam_mode="abs")),
+                                     ("anderson", dict(m=2)), ("broyden", dict(memory=2)),
+                                     ("anderson", dict(m=3, backend="reference"))])
+def test_lowest_iterate_survives_its_buffer_being_overwritten(name, kw, tol):
+    """A map the solvers do not converge on (gain 5: residuals go up and down), a short history:
+    the lowest-residual iterate is overwritten in the solver's buffers many times over, so the
+    returned z must have been saved by the overwriting pass. Oracle: ||f(z) - z|| recomputed in
+    float64 equals the smallest residual in the trace, per sample."""
+    f, W, x = tanh_problem(B=4, rho=5.0, seed=4)
+    z, st = S.get_solver(name)(f, torch.zeros_like(x), max_iter=40, tol=tol, stop_mode="abs", **kw)
+    res = (f(z) - z).norm(dim=1)
+    lowest = st.abs_trace.min(1).values
+    torch.testing.assert_close(res, lowest, rtol=1e-12, atol=0)
+    # some sample's minimum came more than a history length before the end, so its buffer was
+    # overwritten afterwards: the case this test exists for
+    assert bool((39 - st.abs_trace.argmin(1) > 4).any())
+
+
 def test_anderson_damping_and_shapes():
     f, W, x = tanh_problem(B=2, d=36)
     f4 = lambda z: f(z.reshape(2, 36)).reshape(2, 3, 3, 4)
