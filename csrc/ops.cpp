@@ -31,8 +31,8 @@ TORCH_LIBRARY(ldeq, m) {
 
   // ---- solvers (csrc/anderson, csrc/broyden) --------------------------------------------
   // Anderson (csrc/anderson/anderson.h): history X, F, G (m, B, d), Gram H (B, m, m) float64.
-  m.def("anderson_update(Tensor X, Tensor(a!) G, Tensor(b!) F, Tensor fz, Tensor(c!) H, int slot, int n, "
-        "Tensor active) -> (Tensor, Tensor)");
+  m.def("anderson_update(Tensor X, Tensor(a!) G, Tensor(b!) F, Tensor fz, Tensor(c!) H, Tensor(d!)? C, int slot, "
+        "int n, Tensor active) -> (Tensor, Tensor)");
   m.def("anderson_solve(Tensor H, int n, float lam, int newest) -> (Tensor, Tensor)");
   m.def("anderson_mix(Tensor(a!) X, Tensor F, Tensor G, Tensor alpha, float beta, int slot, int n, "
         "Tensor active, Tensor(b!) z_best, Tensor best_key) -> ()");

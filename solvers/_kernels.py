@@ -20,12 +20,12 @@ def _compiled(op: str, t: torch.Tensor, use_reference: bool) -> bool:
     return not use_reference and use_kernel(op, t.device.type)
 
 
-def anderson_update(X, G, F, fz, H, slot, n, active, use_reference=False):
-    """G[slot] = fz - X[slot], F[slot] = fz and one new row of the Gram matrix H; returns
-    (||g||^2, ||fz||^2) (B,) f64."""
+def anderson_update(X, G, F, fz, H, slot, n, active, C=None, use_reference=False):
+    """G[slot] = fz - X[slot], F[slot] = fz and one new row of the Gram matrix H (with C, also the
+    cross Gram row and column of type-I Anderson); returns (||g||^2, ||fz||^2) (B,) f64."""
     if _compiled("anderson_update", X, use_reference):
-        return torch.ops.ldeq.anderson_update(X, G, F, fz.contiguous(), H, slot, n, active)
-    return ref.anderson_update(X, G, F, fz, H, slot, n, active)
+        return torch.ops.ldeq.anderson_update(X, G, F, fz.contiguous(), H, C, slot, n, active)
+    return ref.anderson_update(X, G, F, fz, H, slot, n, active, C)
 
 
 def anderson_solve(H, n, lam, newest, use_reference=False):
@@ -67,7 +67,7 @@ def _register_fakes():
     lib = torch.library
 
     @lib.register_fake("ldeq::anderson_update")
-    def _(X, G, F, fz, H, slot, n, active):
+    def _(X, G, F, fz, H, C, slot, n, active):
         B = X.shape[1]
         return X.new_empty(B, dtype=torch.float64), X.new_empty(B, dtype=torch.float64)
 

@@ -19,8 +19,9 @@ def _rows(active):
 # ---------------------------------------------------------------------------------------------
 # Anderson
 # ---------------------------------------------------------------------------------------------
-def anderson_update(X, G, F, fz, H, slot: int, n: int, active):
-    """G[slot] = fz - X[slot], F[slot] = fz; H[:, slot, i] = H[:, i, slot] = <G[slot], G[i]> for i < n.
+def anderson_update(X, G, F, fz, H, slot: int, n: int, active, C=None):
+    """G[slot] = fz - X[slot], F[slot] = fz; H[:, slot, i] = H[:, i, slot] = <G[slot], G[i]> for i < n;
+    with C (B, m, m) f64 also C[:, slot, i] = <X[slot], G[i]> and C[:, i, slot] = <X[i], G[slot]>.
 
     Returns (res_sq, fz_sq): (B,) float64 squared norms ||fz - X[slot]||^2 and ||fz||^2
     (zero for inactive samples).
@@ -40,6 +41,12 @@ def anderson_update(X, G, F, fz, H, slot: int, n: int, active):
     Hr[:, slot, :n] = row
     Hr[:, :n, slot] = row
     H[r] = Hr
+    if C is not None:
+        Gn = G[:n][:, r].to(F64)
+        Cr = C[r]
+        Cr[:, slot, :n] = torch.einsum("bd,nbd->bn", X[slot][r].to(F64), Gn)
+        Cr[:, :n, slot] = torch.einsum("nbd,bd->bn", X[:n][:, r].to(F64), g64)
+        C[r] = Cr
     res_sq[r] = (g64 * g64).sum(1)
     f64 = fz[r].to(F64)
     fz_sq[r] = (f64 * f64).sum(1)

@@ -6,7 +6,7 @@ import torch
 from . import _kernels as K
 from ._common import (FEval, StateLike, _Tracker, accepts_state_lists, check_common, check_float,
                       check_int, check_trajectory, history_empty, reject_unknown, resolve_damping)
-from ._anderson_safeguard import cross_gram_update, resolve_kind, type1_bordered_solve
+from ._anderson_safeguard import resolve_kind, type1_bordered_solve
 from ._stats import SolverStats
 
 LAM_MODES = ("rel", "abs")
@@ -177,12 +177,11 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
             K.anderson_mix(X, F, G, alpha, beta, slot, n, tr.active, z_best, best_key, use_reference=use_ref)
             tr.evicted(slot, tr.active)
         fz = feval(Xs[slot], tr.active, tr.n_active, tr.active_host)
-        res_sq, fz_sq = K.anderson_update(X, G, F, fz, H, slot, min(k + 1, m), tr.active,
+        # type I: the cross Gram row and column of this slot come from the same pass
+        res_sq, fz_sq = K.anderson_update(X, G, F, fz, H, slot, min(k + 1, m), tr.active, C=C,
                                           use_reference=use_ref)
         lowest_before = tr.rel_lowest if stop_mode == "rel" else tr.abs_lowest
         tr.record(k, res_sq.sqrt(), fz_sq.sqrt(), slot, Xs[slot])
-        if kind == "I":
-            cross_gram_update(C, X, G, slot, min(k + 1, m))
         if restart > 0:
             written[slot] = k
         if restart > 0 and k > 0:

@@ -227,12 +227,13 @@ def test_anderson_kernels_match_reference(cap, dtype):
     active = torch.tensor([True, False, True])
     outs = []
     for use_ref in (False, True):
-        Gc, Fc, Hc = G.clone(), X.clone(), H.clone()
-        r = K.anderson_update(X, Gc, Fc, fz, Hc, slot, n, active, use_reference=use_ref)
-        outs.append((Gc, Fc, Hc) + tuple(r))
-    (Gk, Fk, Hk, rk, fk), (Gr, Fr, Hr, rr, fr) = outs
+        Gc, Fc, Hc, Cc = G.clone(), X.clone(), H.clone(), H.clone()
+        r = K.anderson_update(X, Gc, Fc, fz, Hc, slot, n, active, C=Cc, use_reference=use_ref)  # type I: C too
+        outs.append((Gc, Fc, Hc, Cc) + tuple(r))
+    (Gk, Fk, Hk, Ck, rk, fk), (Gr, Fr, Hr, Cr, rr, fr) = outs
     torch.testing.assert_close(Gk, Gr, rtol=0, atol=0)  # g = fz - x: one rounding, the same everywhere
     assert torch.equal(Fk, Fr)
+    torch.testing.assert_close(Ck, Cr, rtol=1e-10, atol=1e-9)
     torch.testing.assert_close(Hk, Hr, rtol=1e-10, atol=1e-9)
     torch.testing.assert_close(rk, rr, rtol=1e-10, atol=0)
     torch.testing.assert_close(fk, fr, rtol=1e-10, atol=0)

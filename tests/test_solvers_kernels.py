@@ -50,6 +50,37 @@ def test_anderson_update_matches_reference(device, dtype, slot, n):
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("slot,n", [(0, 1), (2, 3), (1, 4)])
+def test_anderson_update_cross_gram_matches_reference(device, dtype, slot, n):
+    """Type-I Anderson's cross Gram row and column C[slot, i] = <x, G_i>, C[i, slot] = <X_i, g>,
+    computed in the same pass as the Gram row, against the reference and a float64 hand formula."""
+    m, B, d = 4, 3, 33001
+    X, G, F = _hist(m, B, d, dtype, device, 1), _hist(m, B, d, dtype, device, 2), _hist(m, B, d, dtype, device, 4)
+    fz = _hist(1, B, d, dtype, device, 3)[0]
+    H = torch.randn(B, m, m, dtype=F64, device=device)
+    C = torch.randn(B, m, m, dtype=F64, device=device)
+    active = torch.tensor([True, False, True], device=device)
+    outs = []
+    for use_ref in (False, True):
+        Gc, Fc, Hc, Cc, Hp = G.clone(), F.clone(), H.clone(), C.clone(), H.clone()
+        r = K.anderson_update(X, Gc, Fc, fz, Hc, slot, n, active, C=Cc, use_reference=use_ref)
+        K.anderson_update(X, G.clone(), F.clone(), fz, Hp, slot, n, active, use_reference=use_ref)
+        assert torch.equal(Hc, Hp)  # the Gram row does not depend on computing C too
+        outs.append((Gc, Fc, Hc, Cc) + tuple(r))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-9)
+    Ck, Gk = outs[0][3], outs[0][0]
+    assert torch.equal(Ck[1], C[1])  # inactive sample untouched
+    others = [i for i in range(m) if i >= n]
+    assert torch.equal(Ck[:, others][:, :, others], C[:, others][:, :, others])
+    x, g = X[slot, 0].double(), Gk[slot, 0].double()
+    for i in range(n):
+        want_row, want_col = float(x @ Gk[i, 0].double()), float(X[i, 0].double() @ g)
+        assert abs(float(Ck[0, slot, i]) - want_row) <= 1e-9 * (1 + abs(want_row))
+        assert abs(float(Ck[0, i, slot]) - want_col) <= 1e-9 * (1 + abs(want_col))
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("slot,n,beta", [(1, 1, 1.0), (3, 3, 0.7), (0, 4, 0.3)])
 def test_anderson_mix_matches_reference_in_place(device, dtype, slot, n, beta):
     m, B, d = 4, 3, 33001
@@ -264,8 +295,9 @@ def test_op_schemas_and_fake_kernels_pass_opcheck():
     H = torch.zeros(B, m, m, dtype=F64)
     act = torch.tensor([True, False])
     tests = ("test_schema", "test_faketensor")
-    torch.library.opcheck(torch.ops.ldeq.anderson_update.default, (X, G, G.clone(), fz, H, 1, 2, act),
-                          test_utils=tests)
+    for C in (None, torch.zeros(B, m, m, dtype=F64)):
+        torch.library.opcheck(torch.ops.ldeq.anderson_update.default, (X, G.clone(), G.clone(), fz, H, C, 1, 2, act),
+                              test_utils=tests)
     torch.library.opcheck(torch.ops.ldeq.anderson_solve.default, (H + torch.eye(m, dtype=F64), 2, 1e-4, 1),
                           test_utils=tests)
     alpha = torch.full((B, 2), 0.5, dtype=F64)
@@ -296,12 +328,13 @@ def test_reductions_are_run_to_run_deterministic(device):
         runs = []
         for _ in range(3):
             Gc, H = G.clone(), torch.zeros(B, m, m, dtype=F64, device=device)
-            r = K.anderson_update(X, Gc, X.clone(), fz, H, 2, n, active)
+            C = torch.zeros(B, m, m, dtype=F64, device=device)
+            r = K.anderson_update(X, Gc, X.clone(), fz, H, 2, n, active, C=C)
             dots = K.broyden_pass1(V, dx, fz32, z, go, torch.empty_like(z), n, active)
             udx = K.broyden_pass2(U.clone(), V.clone(), dx.clone(), z, torch.empty_like(z), go, z,
                                   torch.ones(B, 3 * n + 1, dtype=F64, device=device), 1, n, active,
                                   torch.empty_like(z), torch.full((B,), -1, device=device), 0)
-            runs.append((H, *r, dots, udx))
+            runs.append((H, C, *r, dots, udx))
     finally:
         torch.use_deterministic_algorithms(prev)
     for later in runs[1:]:

@@ -3,9 +3,12 @@
 // (m, B, d) so that one slot X[s] is a contiguous (B, d) batch that f can read directly:
 // X the iterates, F = f(X) and G = F - X the residuals.
 //
-//   anderson_update(X, G, F, fz, H, slot, n, active) -> (res_sq (B,) f64, fz_sq (B,) f64)
+//   anderson_update(X, G, F, fz, H, C?, slot, n, active) -> (res_sq (B,) f64, fz_sq (B,) f64)
 //       G[slot] = fz - X[slot], F[slot] = fz; H[b, slot, i] = H[b, i, slot] = <G[slot], G[i]> (i < n),
 //       i.e. one new row of the Gram matrix per iteration instead of a full G G^T; plus the squared norms.
+//       With C (B, m, m) f64 (type-I Anderson) also the cross Gram row and column
+//       C[b, slot, i] = <X[slot], G[i]>, C[b, i, slot] = <X[i], G[slot]> (i < n), in the same pass
+//       (it then streams the n X rows as well).
 //   anderson_solve(H (B, m, m) f64, n, lam, newest) -> (alpha (B, n) f64, fallback (B,) bool)
 //       the bordered (n+1)x(n+1) system [[0, 1^T], [1, H + lam I]] [nu; alpha] = [1; 0] in fp64,
 //       with the regularised retries of anderson_solve.h; never NaN.
@@ -24,7 +27,8 @@ namespace ldeq {
 
 // Argument checks shared by the CPU and CUDA kernels (one place, so the backends cannot drift).
 inline void check_anderson_update(const at::Tensor& X, const at::Tensor& G, const at::Tensor& F, const at::Tensor& fz,
-                                  const at::Tensor& H, int64_t slot, int64_t n, const at::Tensor& active) {
+                                  const at::Tensor& H, const std::optional<at::Tensor>& C, int64_t slot, int64_t n,
+                                  const at::Tensor& active) {
   check_history(X, "X", fz);
   check_history(G, "G", fz);
   check_history(F, "F", fz);
@@ -33,6 +37,7 @@ inline void check_anderson_update(const at::Tensor& X, const at::Tensor& G, cons
   TORCH_CHECK(F.sizes() == X.sizes(), "F must have the shape of X ", X.sizes(), ", got ", F.sizes());
   check_state(fz, "fz", B, d, X);
   check_f64(H, "H", {B, m, m}, X);
+  if (C.has_value() && C->defined()) check_f64(*C, "C", {B, m, m}, X);
   check_active(active, B, X);
   TORCH_CHECK(0 <= slot && slot < m && 1 <= n && n <= m && slot < n, "anderson_update: need 0 <= slot < n <= m, got slot=",
               slot, " n=", n, " m=", m);

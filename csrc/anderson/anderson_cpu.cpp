@@ -16,34 +16,50 @@ namespace {
 // Task bodies: one chunk [j0, j1) of one sample, one entry point per ISA (see solver_common.h).
 template <cpu::Isa isa, typename scalar_t>
 LDEQ_INLINE void update_task_body(const scalar_t* x, scalar_t* g, scalar_t* fo, const scalar_t* fzb, const scalar_t* Gb,
-                                   int64_t stride, int64_t n, int64_t j0, int64_t j1, double* out) {
-  double gbuf[kBlock];
+                                   const scalar_t* Xb, int64_t stride, int64_t n, bool cross, int64_t j0, int64_t j1,
+                                   double* out) {
+  double gbuf[kBlock], xbuf[kBlock];
+  double* hrow = out;          // n: <g, G_i>
+  double* fsq_out = out + n;   // 1: ||fz||^2
+  double* xg = out + n + 1;    // n (cross): <x, G_i>
+  double* Xg = out + 2 * n + 1;  // n (cross): <X_i, g>
   for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
     const int64_t len = std::min(j1, s0 + kBlock) - s0;
     double fsq = 0.0;
 #pragma omp simd reduction(+ : fsq)
     for (int64_t j = 0; j < len; ++j) {
       const scalar_t fv = fzb[s0 + j];
-      const scalar_t gv = fv - x[s0 + j];  // rounded to the state dtype, as stored
+      const scalar_t xv = x[s0 + j];
+      const scalar_t gv = fv - xv;  // rounded to the state dtype, as stored
       g[s0 + j] = gv;
       fo[s0 + j] = fv;
       gbuf[j] = static_cast<double>(gv);
+      xbuf[j] = static_cast<double>(xv);
       const double f64 = static_cast<double>(fv);
       fsq += f64 * f64;
     }
-    out[n] += fsq;
-    block_dots(Gb + s0, stride, n, gbuf, len, out);  // row `slot` is g itself: its squared norm
+    *fsq_out += fsq;
+    if (cross) {  // type-I Anderson: the cross Gram row and column too, G read once for both
+      block_dots2(Gb + s0, stride, n, gbuf, xbuf, len, hrow, xg);
+      block_dots(Xb + s0, stride, n, gbuf, len, Xg);
+    } else {
+      block_dots(Gb + s0, stride, n, gbuf, len, hrow);  // row `slot` is g itself: its squared norm
+    }
   }
 }
 LDEQ_CPU_KERNEL(update_task, update_task_body)
 
-// One new Gram row + squared norms, per (sample, chunk) task (see for_each_active_chunk_sum).
+// One new Gram row (and with C the cross Gram row and column) + squared norms, per (sample, chunk)
+// task (see for_each_active_chunk_sum).
 std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(const at::Tensor& X, at::Tensor G, at::Tensor F,
-                                                       const at::Tensor& fz, at::Tensor H, int64_t slot, int64_t n,
+                                                       const at::Tensor& fz, at::Tensor H,
+                                                       const std::optional<at::Tensor>& C, int64_t slot, int64_t n,
                                                        const at::Tensor& active) {
-  check_anderson_update(X, G, F, fz, H, slot, n, active);
+  check_anderson_update(X, G, F, fz, H, C, slot, n, active);
   const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
-  const int64_t nout = n + 1;  // n Gram entries, then ||fz||^2 (||g||^2 is the slot entry)
+  const bool cross = C.has_value() && C->defined();
+  // n Gram entries, ||fz||^2 (||g||^2 is the slot entry), then with C: <x, G_i> and <X_i, g>
+  const int64_t nout = cross ? 3 * n + 1 : n + 1;
   std::vector<double> sums(B * nout);
   const bool* act = active.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_update_cpu", [&] {
@@ -53,12 +69,13 @@ std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(const at::Tensor& X, at::
     const scalar_t* fzp = fz.data_ptr<scalar_t>();
     for_each_active_chunk_sum(B, d, nout, act, sums.data(), [&](int64_t b, int64_t j0, int64_t j1, double* out) {
       const int64_t o = (slot * B + b) * d;
-      update_task(Xp + o, Gp + o, Fp + o, fzp + b * d, Gp + b * d, B * d, n, j0, j1, out);
+      update_task(Xp + o, Gp + o, Fp + o, fzp + b * d, Gp + b * d, Xp + b * d, B * d, n, cross, j0, j1, out);
     });
   });
   auto opts = X.options().dtype(at::kDouble);
   at::Tensor res_sq = at::zeros({B}, opts), fz_sq = at::zeros({B}, opts);
   double* Hp = H.data_ptr<double>();
+  double* Cp = cross ? C->data_ptr<double>() : nullptr;
   double* rp = res_sq.data_ptr<double>();
   double* fp = fz_sq.data_ptr<double>();
   for (int64_t b = 0; b < B; ++b) {
@@ -66,6 +83,10 @@ std::tuple<at::Tensor, at::Tensor> anderson_update_cpu(const at::Tensor& X, at::
     const double* row = sums.data() + b * nout;
     double* Hb = Hp + b * m * m;
     for (int64_t i = 0; i < n; ++i) { Hb[slot * m + i] = row[i]; Hb[i * m + slot] = row[i]; }
+    if (cross) {
+      double* Cb = Cp + b * m * m;
+      for (int64_t i = 0; i < n; ++i) { Cb[slot * m + i] = row[n + 1 + i]; Cb[i * m + slot] = row[2 * n + 1 + i]; }
+    }
     rp[b] = row[slot];
     fp[b] = row[n];
   }

@@ -19,12 +19,14 @@
 namespace ldeq {
 namespace {
 
-// partial (B, nblk, n + 1): per-block sums of the n Gram entries <g, G_i>, then ||fz||^2.
+// partial (B, nblk, nout): per-block sums of the n Gram entries <g, G_i>, then ||fz||^2, then with
+// `cross` (nout = 3n + 1) <x, G_i> and <X_i, g> (type-I Anderson's cross Gram row and column).
 template <typename scalar_t>
 __global__ void update_kernel(const scalar_t* __restrict__ X, scalar_t* __restrict__ G, scalar_t* __restrict__ F,
-                              const scalar_t* __restrict__ fz, const bool* __restrict__ active, int64_t B, int64_t d, int64_t slot, int64_t n,
-                              int64_t nblk, double* __restrict__ partial) {
+                              const scalar_t* __restrict__ fz, const bool* __restrict__ active, int64_t B, int64_t d,
+                              int64_t slot, int64_t n, bool cross, int64_t nblk, double* __restrict__ partial) {
   __shared__ double sh[32];
+  const int64_t nout = cross ? 3 * n + 1 : n + 1;
   for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
     const int64_t b = t / nblk, blk = t % nblk;
     if (!active[b]) continue;  // uniform over the block
@@ -34,7 +36,7 @@ __global__ void update_kernel(const scalar_t* __restrict__ X, scalar_t* __restri
     scalar_t* g = G + (slot * B + b) * d;
     scalar_t* fo = F + (slot * B + b) * d;
     const scalar_t* f = fz + b * d;
-    double* out = partial + t * (n + 1);
+    double* out = partial + t * nout;
     double fsq = 0.0;
     for (int64_t j = j0; j < d; j += stride) {
       const scalar_t fj = f[j];
@@ -48,24 +50,41 @@ __global__ void update_kernel(const scalar_t* __restrict__ X, scalar_t* __restri
     if (threadIdx.x == 0) out[n] = fsq;
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t* gi = G + (i * B + b) * d;
-      double acc = 0.0;
-      for (int64_t j = j0; j < d; j += stride) acc += static_cast<double>(g[j]) * static_cast<double>(gi[j]);
+      double acc = 0.0, xacc = 0.0;
+      for (int64_t j = j0; j < d; j += stride) {
+        const double gij = static_cast<double>(gi[j]);
+        acc += static_cast<double>(g[j]) * gij;
+        if (cross) xacc += static_cast<double>(x[j]) * gij;
+      }
       acc = block_sum(acc, sh);
       if (threadIdx.x == 0) out[i] = acc;
+      if (cross) {
+        const scalar_t* xi = X + (i * B + b) * d;
+        double yacc = 0.0;
+        for (int64_t j = j0; j < d; j += stride) yacc += static_cast<double>(xi[j]) * static_cast<double>(g[j]);
+        xacc = block_sum(xacc, sh);
+        yacc = block_sum(yacc, sh);
+        if (threadIdx.x == 0) { out[n + 1 + i] = xacc; out[2 * n + 1 + i] = yacc; }
+      }
     }
   }
 }
 
 __global__ void update_finish_kernel(const double* __restrict__ row, const bool* __restrict__ active, int64_t B,
-                                     int64_t m, int64_t slot, int64_t n, double* __restrict__ H,
-                                     double* __restrict__ res_sq, double* __restrict__ fz_sq) {
+                                     int64_t m, int64_t slot, int64_t n, int64_t nout, double* __restrict__ H,
+                                     double* __restrict__ C, double* __restrict__ res_sq,
+                                     double* __restrict__ fz_sq) {
   for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
     if (!active[b]) continue;
-    const double* r = row + b * (n + 1);
+    const double* r = row + b * nout;
     double* Hb = H + b * m * m;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
       Hb[slot * m + i] = r[i];
       Hb[i * m + slot] = r[i];
+      if (C != nullptr) {
+        C[b * m * m + slot * m + i] = r[n + 1 + i];
+        C[b * m * m + i * m + slot] = r[2 * n + 1 + i];
+      }
     }
     if (threadIdx.x == 0) {
       res_sq[b] = r[slot];
@@ -75,28 +94,31 @@ __global__ void update_finish_kernel(const double* __restrict__ row, const bool*
 }
 
 std::tuple<at::Tensor, at::Tensor> anderson_update_cuda(const at::Tensor& X, at::Tensor G, at::Tensor F,
-                                                        const at::Tensor& fz, at::Tensor H, int64_t slot, int64_t n,
+                                                        const at::Tensor& fz, at::Tensor H,
+                                                        const std::optional<at::Tensor>& C, int64_t slot, int64_t n,
                                                         const at::Tensor& active) {
-  check_anderson_update(X, G, F, fz, H, slot, n, active);
+  check_anderson_update(X, G, F, fz, H, C, slot, n, active);
   const int64_t m = X.size(0), B = X.size(1), d = X.size(2);
+  const bool cross = C.has_value() && C->defined();
+  const int64_t nout = cross ? 3 * n + 1 : n + 1;
   const c10::cuda::CUDAGuard guard(X.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   auto opts = X.options().dtype(at::kDouble);
-  at::Tensor row = at::zeros({B, n + 1}, opts);
+  at::Tensor row = at::zeros({B, nout}, opts);
   at::Tensor res_sq = at::zeros({B}, opts), fz_sq = at::zeros({B}, opts);
   if (B == 0 || d == 0) return {res_sq, fz_sq};
   const int64_t nblk = reduction_blocks(d, B);
-  at::Tensor partial = at::zeros({B, nblk, n + 1}, opts);
+  at::Tensor partial = at::zeros({B, nblk, nout}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "anderson_update_cuda", [&] {
     update_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, stream>>>(
         X.data_ptr<scalar_t>(), G.data_ptr<scalar_t>(), F.data_ptr<scalar_t>(), fz.data_ptr<scalar_t>(),
-        active.data_ptr<bool>(), B, d, slot, n, nblk, partial.data_ptr<double>());
+        active.data_ptr<bool>(), B, d, slot, n, cross, nblk, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, n + 1, row.data_ptr<double>(), stream);
+  reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, nout, row.data_ptr<double>(), stream);
   update_finish_kernel<<<grid_for(B), 32, 0, stream>>>(row.data_ptr<double>(), active.data_ptr<bool>(), B, m, slot, n,
-                                             H.data_ptr<double>(), res_sq.data_ptr<double>(),
-                                             fz_sq.data_ptr<double>());
+                                             nout, H.data_ptr<double>(), cross ? C->data_ptr<double>() : nullptr,
+                                             res_sq.data_ptr<double>(), fz_sq.data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {res_sq, fz_sq};
 }
