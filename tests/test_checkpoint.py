@@ -174,10 +174,15 @@ def test_anderson_settings_predating_relative_lam_load_as_trained():
     from ldeq.model.ldeq import solver_options
     cfg = LDEQConfig.from_namespace(official_args(solver="anderson"))
     assert (cfg.anderson_lam_mode, cfg.anderson_restart) == ("abs", 0.0)
-    assert solver_options(cfg, "anderson") == dict(m=6, lam=1e-4, lam_mode="abs", restart=0.0, beta=1.0)
+    assert solver_options(cfg, "anderson") == dict(m=6, lam=1e-4, lam_mode="abs", restart=0.0, beta=1.0, kind="II")
     old = {k: v for k, v in LDEQConfig().to_dict().items() if k not in ("anderson_lam_mode", "anderson_restart")}
     assert (LDEQConfig.from_dict(old).anderson_lam_mode, LDEQConfig.from_dict(old).anderson_restart) == ("abs", 0.0)
     assert (LDEQConfig().anderson_lam_mode, LDEQConfig().anderson_restart) == ("rel", 1.5)
+    # anderson_kind came later: a config saved without it keeps the type-II mixing it ran with
+    old = {k: v for k, v in LDEQConfig().to_dict().items() if k != "anderson_kind"}
+    assert LDEQConfig.from_dict(old).anderson_kind == "II"
+    with pytest.raises(ValueError, match="anderson_kind"):
+        LDEQConfig(anderson_kind="III")
     assert LDEQConfig.from_dict(LDEQConfig().to_dict()) == LDEQConfig()
     with pytest.raises(ValueError, match="anderson_lam_mode"):
         LDEQConfig(anderson_lam_mode="relative")

@@ -36,6 +36,17 @@ def test_precedence_preset_file_override(tmp_path):
     assert cfg.model.injection_width == PRESETS["synthetic-small"]["model"]["injection_width"]
 
 
+def test_every_solver_option_reaches_the_model_config():
+    """solver.<solver>_<kwarg> from a train config land in the LDEQConfig the model is built from."""
+    from ldeq.train.task import make_task
+    cfg = build_config("synthetic-small", overrides=["solver.anderson_kind=I", "solver.broyden_memory=7",
+                                                     "solver.anderson_lam_mode=abs", "solver.anderson_m=4"])
+    mc = make_task(cfg).ldeq_config()
+    assert (mc.anderson_kind, mc.broyden_memory, mc.anderson_lam_mode, mc.anderson_m) == ("I", 7, "abs", 4)
+    with pytest.raises(ConfigError, match="anderson_kind"):
+        build_config("synthetic-small", overrides=["solver.anderson_kind=III"])
+
+
 def test_json_file(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"train": {"loss": "wing", "seed": 3}}))

@@ -20,6 +20,7 @@ LEGACY_FIELDS = {"max_iters": "max_iter", "stochastic_max_iters": "stochastic_ma
                  "extra_final_step": "extra_step"}
 OFFICIAL_SOLVERS = {"fpi": "fixed_point_last"}
 LAM_MODES = ("rel", "abs")
+ANDERSON_KINDS = ("II", "I")  # ldeq.solvers.anderson(kind=...)
 # Saved settings that predate Anderson's relative lam and restarts ran with these (the official
 # solver's meaning): a checkpoint keeps the solver it was trained with.
 PRE_RESTART_ANDERSON = {"anderson_lam_mode": "abs", "anderson_restart": 0.0}
@@ -61,6 +62,7 @@ class LDEQConfig:
     anderson_lam_mode: str = "rel"      # lam relative to the Gram matrix's scale; 'abs': the official meaning
     anderson_restart: float = 1.5       # Anderson's restart safeguard (0 = off; ldeq.solvers.anderson)
     anderson_beta: float = 1.0
+    anderson_kind: str = "II"           # 'II': type-II mixing (TorchDEQ's); 'I': type-I (secant) mixing
     broyden_memory: int = 0             # Broyden's memory (0: the solver's default, max_iter)
     # decode
     official_std: bool = False          # uncertainty as the official release computes it (a 2nd moment)
@@ -99,6 +101,7 @@ class LDEQConfig:
         need(math.isfinite(self.cell_softargmax_beta) and self.cell_softargmax_beta > 0,
              "cell_softargmax_beta", "a finite float > 0")
         need(self.anderson_lam_mode in LAM_MODES, "anderson_lam_mode", f"one of {LAM_MODES}")
+        need(self.anderson_kind in ANDERSON_KINDS, "anderson_kind", f"one of {ANDERSON_KINDS}")
         need(isinstance(self.anderson_lam, (int, float)) and math.isfinite(self.anderson_lam) and self.anderson_lam >= 0,
              "anderson_lam", "a finite float >= 0")
         need(isinstance(self.anderson_restart, (int, float)) and math.isfinite(self.anderson_restart)

@@ -107,7 +107,7 @@ def solver_options(cfg: LDEQConfig, solver: str) -> dict:
     """The ``<solver>_<kwarg>`` fields of ``cfg`` as keyword arguments of that solver."""
     if solver == "anderson":
         return dict(m=cfg.anderson_m, lam=cfg.anderson_lam, lam_mode=cfg.anderson_lam_mode,
-                    restart=cfg.anderson_restart, beta=cfg.anderson_beta)
+                    restart=cfg.anderson_restart, beta=cfg.anderson_beta, kind=cfg.anderson_kind)
     if solver == "broyden" and cfg.broyden_memory > 0:
         return dict(memory=cfg.broyden_memory)
     return {}

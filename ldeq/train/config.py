@@ -45,6 +45,7 @@ class SolverConfig:
     anderson_lam_mode: str = "rel"     # 'rel': lam relative to the Gram matrix's scale; 'abs': absolute
     anderson_restart: float = 1.5      # restart safeguard (0 = off)
     anderson_beta: float = 1.0
+    anderson_kind: str = "II"          # 'II': type-II mixing (TorchDEQ's); 'I': type-I (secant) mixing
     broyden_memory: int = 0            # 0: the solver's default (keep every update)
     grad: str = "ift"                  # 'ift' | 'jfb' | 'phantom'
     b_max_iter: int = 15               # implicit backward solve budget
@@ -121,6 +122,7 @@ _CHOICES = {
     ("solver", "solver"): ("anderson", "broyden", "fixed_point", "fixed_point_last"),
     ("solver", "stop_mode"): ("rel", "abs"),
     ("solver", "anderson_lam_mode"): ("rel", "abs"),
+    ("solver", "anderson_kind"): ("I", "II"),
     ("solver", "grad"): ("ift", "jfb", "phantom"),
     ("data", "dataset"): ("synthetic", "wflw", "toy"),
     ("optim", "optimizer"): ("adam", "adamw"),

@@ -121,7 +121,7 @@ class LDEQTask(Task):
         model = {k: v for k, v in dataclasses.asdict(mc).items() if k != "arch"}
         solve = {k: getattr(sc, k) for k in ("solver", "tol", "stop_mode", "extra_step", "anderson_m",
                                              "anderson_lam", "anderson_lam_mode", "anderson_restart",
-                                             "anderson_beta", "broyden_memory")}
+                                             "anderson_beta", "anderson_kind", "broyden_memory")}
         return LDEQConfig(**model, **solve, heatmap_size=mc.image_size // 4, max_iter=sc.eval_max_iter,
                           stochastic_max_iter=False)
 
