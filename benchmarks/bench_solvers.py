@@ -1,7 +1,7 @@
 """ldeq.solvers against TorchDEQ, same process, same problem, same number of f evaluations.
 
     .venv/bin/python benchmarks/bench_solvers.py [--device cpu|cuda] [--batch 8 32] [--iters 20]
-                                                 [--m 6] [--repeats 3] [--json out.json]
+                                                 [--m 6] [--repeats 3] [--threads N] [--json out.json]
 
 Problem: z of 98x64x64 per sample, f(z) = tanh(0.5 z + x) (a cheap elementwise contraction), float32,
 tol=0 so every solver runs exactly its iteration budget (and ldeq's loop reads nothing back to the
@@ -13,7 +13,11 @@ GPU), the solver's own time (total - f), the speed-up of the total and of the so
 the memory-traffic floor of the solver's own work: the bytes its fused passes must read and write
 (summed over the actual iterations, see docs/benchmarks.md) over the bandwidth of a measured
 read (sum), copy and triad over tensors the size of the solver history: the best of the three,
-so the floor is as low (strict) as this machine's measured bandwidth allows.
+so the floor is as low (strict) as this machine's measured bandwidth allows. "bound on speed-up
+total" is TorchDEQ's total over (our f time + the floor): what these passes could reach at best.
+Ours runs with its CPU workspace (history buffers reused across calls, as in a training loop:
+solvers/workspace.py); "fresh buffers" repeats it with the workspace off (every call allocates and
+page-faults its history, as TorchDEQ's does). [--threads N] sets torch's thread count.
 """
 import argparse
 import json
@@ -152,11 +156,16 @@ def main(argv=None):
         bw = bandwidth(B, d, dev, dtype, rows=3 * m)
         for name in a.solvers:
             # Interleaved repeats, best of each: a shared machine's load hits both sides alike.
-            t_o = t_t = None
+            t_o = t_t = t_c = None
+            limit = S.workspace_limit() / 2 ** 20
             for _ in range(a.repeats):
                 o, t = run(ours[name], x, z0, 1), run(theirs[name], x, z0, 1)
+                S.set_workspace_limit(0)  # fresh history buffers every call, as TorchDEQ allocates
+                c = run(ours[name], x, z0, 1)
+                S.set_workspace_limit(limit)
                 t_o = o if t_o is None or o[0] < t_o[0] else t_o
                 t_t = t if t_t is None or t[0] < t_t[0] else t_t
+                t_c = c if t_c is None or c[0] < t_c[0] else t_c
             bw = max(bw, bandwidth(B, d, dev, dtype, rows=3 * m))
             nbytes = (anderson_bytes(B, d, m, T, 4) if name == "anderson" else broyden_bytes(B, d, T, 4))
             floor = nbytes / bw
@@ -167,18 +176,20 @@ def main(argv=None):
                        floor=floor, self_over_floor=(t_o[0] - t_o[1]) / floor, bandwidth_GBs=bw / 1e9,
                        bytes=nbytes,
                        # the most any solver with these passes could reach: our f time + the floor
-                       speedup_bound=t_t[0] / (t_o[1] + floor))
+                       speedup_bound=t_t[0] / (t_o[1] + floor),
+                       ours_total_fresh=t_c[0], speedup_total_fresh=t_t[0] / t_c[0])
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}),
                   flush=True)
     print("\n| solver | B | ours total s | ours f s | ours self s | TorchDEQ total s | TorchDEQ self s | "
-          "speed-up total | speed-up self | floor s | self / floor | bound on speed-up total |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "speed-up total | speed-up self | floor s | self / floor | bound on speed-up total | "
+          "ours total, fresh buffers s | speed-up total, fresh buffers |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['solver']} | {r['B']} | {r['ours_total']:.3f} | {r['ours_f']:.3f} | {r['ours_self']:.3f} | "
               f"{r['torchdeq_total']:.3f} | {r['torchdeq_self']:.3f} | {r['speedup_total']:.2f}x | "
               f"{r['speedup_self']:.2f}x | {r['floor']:.3f} | {r['self_over_floor']:.2f} | "
-              f"{r['speedup_bound']:.2f}x |")
+              f"{r['speedup_bound']:.2f}x | {r['ours_total_fresh']:.3f} | {r['speedup_total_fresh']:.2f}x |")
     print("\nstreaming bandwidth (best of sum, copy, triad): " + ", ".join(f"B={r['B']}: {r['bandwidth_GBs']:.1f} GB/s" for r in rows[::len(a.solvers)]))
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if a.json:

@@ -17,7 +17,9 @@ from .fixed_point import fixed_point, fixed_point_last
 from .deq import (DEQ, BackwardOptions, DEQStats, GradOptions, RegOptions, SolveOptions,  # noqa: E402
                   deq)
 from .protocol import Solver, StateLike
+from .workspace import empty_workspace, set_workspace_limit, workspace_bytes, workspace_limit
 
 __all__ = ["anderson", "broyden", "fixed_point", "fixed_point_last", "get_solver", "register_solver",
            "available_solvers", "SolverStats", "Solver", "StateLike", "deq", "DEQ", "DEQStats",
-           "SolveOptions", "BackwardOptions", "GradOptions", "RegOptions"]
+           "SolveOptions", "BackwardOptions", "GradOptions", "RegOptions", "empty_workspace",
+           "set_workspace_limit", "workspace_bytes", "workspace_limit"]

@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ._stats import SolverStats
+from .workspace import cached_empty
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Evaluate f on the compacted active subset (when the caller gives ``f_subset``) once at most
@@ -149,12 +150,15 @@ def _madvise_huge(t: torch.Tensor) -> None:
 
 
 def history_empty(shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """torch.empty for a solver history buffer: huge-page backed on CPU when large (see _madvise_huge)."""
-    t = torch.empty(shape, dtype=like.dtype, device=like.device)
-    if (like.device.type == "cpu" and t.numel() * t.element_size() >= 4 * _HUGE_PAGE
-            and not torch.compiler.is_compiling()):
-        _madvise_huge(t)
-    return t
+    """torch.empty for a solver history buffer: on CPU reused across calls (solvers/workspace.py)
+    and huge-page backed when large and fresh (see _madvise_huge)."""
+    def fresh():
+        t = torch.empty(shape, dtype=like.dtype, device=like.device)
+        if (like.device.type == "cpu" and t.numel() * t.element_size() >= 4 * _HUGE_PAGE
+                and not torch.compiler.is_compiling()):
+            _madvise_huge(t)
+        return t
+    return cached_empty(shape, like, fresh)
 
 
 class StatePack:
@@ -402,22 +406,25 @@ class _Tracker:
             return
         if self._holds(key):
             here = self.best_key == key
-            if not self.z_best_owned:  # z_best starts as the caller's z0: copy once, then update in place
-                self.z_best = self.z_best.clone()
-                self.z_best_owned = True
+            self._own_z_best()
             # In place (out aliases an input elementwise): no fresh (B, d) allocation per iteration.
             torch.where(here[:, None], self.bufs[key], self.z_best, out=self.z_best)
             self.best_key = torch.where(here, torch.full_like(self.best_key, -1), self.best_key)
             self.key_used[key] = False
         del self.bufs[key]
 
+    def _own_z_best(self) -> None:
+        """z_best starts as the caller's z0: copy it once (into a workspace buffer), then update in place."""
+        if not self.z_best_owned:
+            own = history_empty(tuple(self.z_best.shape), self.z_best)
+            own.copy_(self.z_best)
+            self.z_best, self.z_best_owned = own, True
+
     def evict_target(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(z_best, best_key) for a fused kernel that saves the lowest iterates living in a buffer
         before overwriting it (Anderson's mix); z_best becomes the tracker's own tensor. Follow the
         kernel with :meth:`evicted`."""
-        if not self.z_best_owned:
-            self.z_best = self.z_best.clone()
-            self.z_best_owned = True
+        self._own_z_best()
         return self.z_best, self.best_key
 
     def evicted(self, key: int, active: torch.Tensor) -> None:

@@ -43,22 +43,27 @@ def broyden(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3
     B, d = feval.B, feval.d
     L = min(max_iter if memory is None else memory, max(1, max_iter - 1))
     z = z0.detach().reshape(B, d).contiguous()
-    Z = [z.clone(), None]  # ping-pong iterates (Z[1] is fully written by the first step below)
+    # The (B, d) state buffers come from the workspace too (no page faults per call): the ping-pong
+    # iterates Z[0], Z[1] (Z[1] is fully written by the first step below), g_old, g_new, dx.
+    work = history_empty((5, B, d), z)
+    Z = [work[0], work[1]]
+    Z[0].copy_(z)
+    g_old, g_new, dx = work[2], work[3], work[4]
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "broyden")
     f64 = torch.float64
 
     fz = feval(Z[0], tr.active, tr.n_active, tr.active_host)
-    g_old = fz - Z[0]
+    torch.sub(fz, Z[0], out=g_old)
     tr.record(0, torch.linalg.vector_norm(g_old, dim=1, dtype=f64),
               torch.linalg.vector_norm(fz, dim=1, dtype=f64), 0, Z[0])
     if tr.n_active == 0 or max_iter == 1:
         return tr.finish(z0.shape)
-    dx = g_old.clone()  # first step: -J0^-1 g = g
+    dx.copy_(g_old)  # first step: -J0^-1 g = g
     # Stopped samples keep z0 here, so the rows f sees stay finite.
-    Z[1] = torch.where(tr.active[:, None], Z[0] + dx, Z[0])
+    torch.add(Z[0], dx, out=Z[1])
+    torch.where(tr.active[:, None], Z[1], Z[0], out=Z[1])
     U, V = history_empty((L, B, d), z), history_empty((L, B, d), z)
     S = torch.zeros(L, B, dtype=f64, device=z.device)  # per-column scales s_i = 1 / <v_i, dg_i>
-    g_new = torch.empty_like(g_old)
     udx = torch.zeros(B, 0, dtype=f64, device=z.device)  # <u_i, dx> of the columns in use (from pass 2)
     cur, n, nupd = 1, 0, 0
     for k in range(1, max_iter):
