@@ -21,23 +21,6 @@ RETRY_REG = 1e-6
 _TINY = 1e-300
 
 
-def cross_gram_update(C: torch.Tensor, X: torch.Tensor, G: torch.Tensor, slot: int, n: int) -> None:
-    """Slot ``slot`` holds a new iterate x and residual g: refresh row and column ``slot`` of the
-    cross Gram matrix C (B, m, m) f64, C[b, i, j] = <x_i, g_j>, over the n slots in use.
-
-    X, G: (m, B, d) history buffers (or any sequence of (B, d) tensors indexed by slot). The dot
-    products are accumulated in float64 (a float32 product is exact in float64): the type-I system
-    subtracts rows of C, which late in a solve differ by ~||x_i - x_new|| / ||x|| of their size.
-    """
-    x = X[slot].double()
-    g = G[slot].double()
-    for j in range(n):
-        gj = g if j == slot else G[j].double()
-        C[:, slot, j] = (x * gj).sum(1)
-        if j != slot:
-            C[:, j, slot] = (X[j].double() * g).sum(1)
-
-
 def type1_bordered_solve(C: torch.Tensor, n: int, newest: int, valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Type-I Anderson weights over the slots each sample trusts.
 
