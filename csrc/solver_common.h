@@ -96,11 +96,28 @@ LDEQ_INLINE void block_dots(const scalar_t* rows, int64_t stride, int64_t n, con
 }
 
 // block_dots with two weight vectors: out1[i] += <rows[i], w1>, out2[i] += <rows[i], w2> (each row
-// is read once for both); two rows per sweep, four chains.
+// is read once for both); four rows per sweep (eight chains), then two, then one.
 template <typename scalar_t>
 LDEQ_INLINE void block_dots2(const scalar_t* rows, int64_t stride, int64_t n, const double* w1, const double* w2,
                              int64_t len, double* out1, double* out2) {
   int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const scalar_t* r0 = rows + i * stride;
+    const scalar_t *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+    for (int64_t j = 0; j < len; ++j) {
+      const double u = w1[j], v = w2[j];
+      const double x0 = static_cast<double>(r0[j]), x1 = static_cast<double>(r1[j]);
+      const double x2 = static_cast<double>(r2[j]), x3 = static_cast<double>(r3[j]);
+      a0 += x0 * u; b0 += x0 * v;
+      a1 += x1 * u; b1 += x1 * v;
+      a2 += x2 * u; b2 += x2 * v;
+      a3 += x3 * u; b3 += x3 * v;
+    }
+    out1[i] += a0; out1[i + 1] += a1; out1[i + 2] += a2; out1[i + 3] += a3;
+    out2[i] += b0; out2[i + 1] += b1; out2[i + 2] += b2; out2[i + 3] += b3;
+  }
   for (; i + 2 <= n; i += 2) {
     const scalar_t* r0 = rows + i * stride;
     const scalar_t* r1 = r0 + stride;

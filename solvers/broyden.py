@@ -52,17 +52,18 @@ def broyden(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "broyden")
     f64 = torch.float64
 
+    U, V = history_empty((L, B, d), z), history_empty((L, B, d), z)
     fz = feval(Z[0], tr.active, tr.n_active, tr.active_host)
-    torch.sub(fz, Z[0], out=g_old)
-    tr.record(0, torch.linalg.vector_norm(g_old, dim=1, dtype=f64),
-              torch.linalg.vector_norm(fz, dim=1, dtype=f64), 0, Z[0])
+    # g0 = f(z0) - z0 and its norms in one fused pass (pass 1 with no columns; its dx and g_old
+    # inputs only feed dot products unused here, so z0 stands in for them).
+    dots = K.broyden_pass1(V, Z[0], fz, Z[0], Z[0], g_old, 0, tr.active, use_reference=use_ref)
+    tr.record(0, dots[:, 2].sqrt(), dots[:, 3].sqrt(), 0, Z[0])
     if tr.n_active == 0 or max_iter == 1:
         return tr.finish(z0.shape)
     dx.copy_(g_old)  # first step: -J0^-1 g = g
     # Stopped samples keep z0 here, so the rows f sees stay finite.
     torch.add(Z[0], dx, out=Z[1])
     torch.where(tr.active[:, None], Z[1], Z[0], out=Z[1])
-    U, V = history_empty((L, B, d), z), history_empty((L, B, d), z)
     S = torch.zeros(L, B, dtype=f64, device=z.device)  # per-column scales s_i = 1 / <v_i, dg_i>
     udx = torch.zeros(B, 0, dtype=f64, device=z.device)  # <u_i, dx> of the columns in use (from pass 2)
     cur, n, nupd = 1, 0, 0

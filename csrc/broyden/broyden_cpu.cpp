@@ -76,7 +76,25 @@ LDEQ_INLINE void pass2_task_body(scalar_t* Ub, scalar_t* Vb, int64_t stride, sca
       uacc[j] = x + (gn - static_cast<acc_t>(gob[s0 + j]));
       pacc[j] = gn;
     }
-    for (int64_t i = 0; i < n; ++i) {
+    int64_t i = 0;
+    for (; i + 2 <= n; i += 2) {  // two columns per sweep: half the accumulator loads and stores
+      const acc_t a0 = static_cast<acc_t>(cb[i]), sb0 = static_cast<acc_t>(cb[n + i]),
+                  sc0 = static_cast<acc_t>(cb[2 * n + i]);
+      const acc_t a1 = static_cast<acc_t>(cb[i + 1]), sb1 = static_cast<acc_t>(cb[n + i + 1]),
+                  sc1 = static_cast<acc_t>(cb[2 * n + i + 1]);
+      const scalar_t* u0 = Ub + i * stride + s0;
+      const scalar_t* v0 = Vb + i * stride + s0;
+      const scalar_t* u1 = u0 + stride;
+      const scalar_t* v1 = v0 + stride;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) {
+        const acc_t x0 = static_cast<acc_t>(u0[j]), x1 = static_cast<acc_t>(u1[j]);
+        vacc[j] += a0 * static_cast<acc_t>(v0[j]) + a1 * static_cast<acc_t>(v1[j]);
+        uacc[j] -= sb0 * x0 + sb1 * x1;
+        pacc[j] -= sc0 * x0 + sc1 * x1;
+      }
+    }
+    for (; i < n; ++i) {
       const acc_t a = static_cast<acc_t>(cb[i]), sb = static_cast<acc_t>(cb[n + i]),
                   sc = static_cast<acc_t>(cb[2 * n + i]);
       const scalar_t* ui = Ub + i * stride + s0;
