@@ -60,7 +60,7 @@ class _Entry:
 
 class _Workspace:
     def __init__(self):
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # fresh() may ask workspace_limit() while take() holds it
         self.entries: List[_Entry] = []  # oldest first
         self.limit = None  # bytes, read from the environment on first use
         self.enabled = hasattr(torch._C, "_storage_Use_Count") and hasattr(torch.UntypedStorage, "_free_weak_ref")

@@ -76,15 +76,25 @@ def test_backward_options_reach_the_backward_solve():
     assert bool(st.backward.zeroed.all()) and float(W.grad.abs().max()) == 0.0
 
 
-def test_opt_in_huge_pages_change_no_result(monkeypatch):
-    """LDEQ_SOLVER_HUGEPAGES=1 only advises the kernel about the history buffers' pages."""
+def test_huge_pages_change_no_result(monkeypatch):
+    """LDEQ_SOLVER_HUGEPAGES (1 always, 0 never, unset: when the workspace keeps buffers) only advises
+    the kernel about fresh history buffers' pages; a bad value is an error naming it."""
     import ldeq.solvers._common as C
     x = torch.randn(2, 600_000, generator=torch.Generator().manual_seed(0))  # history 29 MB > 8 MB
     f = lambda z: torch.tanh(0.5 * z + x)
-    z_plain, _ = S.anderson(f, torch.zeros_like(x), max_iter=6, tol=0)
-    monkeypatch.setenv("LDEQ_SOLVER_HUGEPAGES", "1")
-    monkeypatch.setattr(C, "_libc", None)  # re-read the switch
-    z_huge, _ = S.anderson(f, torch.zeros_like(x), max_iter=6, tol=0)
-    assert C._libc is not False  # Linux: madvise was found and used
-    torch.testing.assert_close(z_huge, z_plain, rtol=0, atol=0)
-    monkeypatch.setattr(C, "_libc", None)
+    limit = S.workspace_limit() / 2 ** 20
+    S.set_workspace_limit(0)  # fresh buffers every call, so each run allocates (and advises) anew
+    try:
+        monkeypatch.setenv("LDEQ_SOLVER_HUGEPAGES", "0")
+        z_plain, _ = S.anderson(f, torch.zeros_like(x), max_iter=6, tol=0)
+        monkeypatch.setenv("LDEQ_SOLVER_HUGEPAGES", "1")
+        monkeypatch.setattr(C, "_libc", None)
+        z_huge, _ = S.anderson(f, torch.zeros_like(x), max_iter=6, tol=0)
+        assert C._libc is not False  # Linux: madvise was found and used
+        torch.testing.assert_close(z_huge, z_plain, rtol=0, atol=0)
+        monkeypatch.setenv("LDEQ_SOLVER_HUGEPAGES", "yes")
+        with pytest.raises(ValueError, match="LDEQ_SOLVER_HUGEPAGES must be 1"):
+            S.anderson(f, torch.zeros_like(x), max_iter=2, tol=0)
+    finally:
+        S.set_workspace_limit(limit)
+        monkeypatch.setattr(C, "_libc", None)
