@@ -122,6 +122,18 @@ __global__ void softargmax_bwd_kernel(const T* __restrict__ g, const T* __restri
   }
 }
 
+// This thread's share of one channel's decode sums (sum h, sum h x, sum h y), accumulated in S.
+template <typename S, typename T>
+__device__ void thread_decode_sums(const T* __restrict__ h, int64_t n, int64_t W, S& tot, S& mx, S& my) {
+  tot = 0, mx = 0, my = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const S v = h[i];
+    tot += v;
+    mx += v * S(i % W);
+    my += v * S(i / W);
+  }
+}
+
 template <typename T>
 __global__ void decode_fwd_kernel(const T* __restrict__ hm, T* __restrict__ coords, T* __restrict__ stdv, int64_t H,
                                   int64_t W, bool official, int64_t channels) {
@@ -129,23 +141,13 @@ __global__ void decode_fwd_kernel(const T* __restrict__ hm, T* __restrict__ coor
   const int64_t n = H * W;
   for (int64_t ch = blockIdx.x; ch < channels; ch += gridDim.x) {
     const T* h = hm + ch * n;
-    acc_t tot = 0, mx = 0, my = 0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-      const acc_t v = h[i];
-      tot += v;
-      mx += v * acc_t(i % W);
-      my += v * acc_t(i / W);
-    }
+    acc_t tot, mx, my;
+    thread_decode_sums(h, n, W, tot, mx, my);
     const bool done = block_decode_finish<T>([&](int64_t i) { return acc_t(h[i]); }, H, W, official, tot, mx, my,
                                              coords + 2 * ch, stdv + ch, std::is_same_v<acc_t, float>);
     if (!done) {  // a float channel whose sum passes FLT_MAX: the same decode with double sums
-      double tot64 = 0, mx64 = 0, my64 = 0;
-      for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const double v = h[i];
-        tot64 += v;
-        mx64 += v * double(i % W);
-        my64 += v * double(i / W);
-      }
+      double tot64, mx64, my64;
+      thread_decode_sums(h, n, W, tot64, mx64, my64);
       block_decode_finish<T>([&](int64_t i) { return double(h[i]); }, H, W, official, tot64, mx64, my64,
                              coords + 2 * ch, stdv + ch, false);
     }
