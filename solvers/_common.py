@@ -359,11 +359,16 @@ class _Tracker:
         self.iters = 0
         self.traj_at = set(trajectory)
         self.trajectory: Dict[int, torch.Tensor] = {}
-        # (n_keys, B, d) tensor and its views ring_views[key] (Anderson's ring of iterates), or None:
-        # when every buffer is one of those views, best() gathers each sample's row in one pass
-        # instead of one select over the batch per key.
+        # A ring of buffers (n_keys, B, d) and its views ring_views[key] (see use_ring), or None.
         self.ring: Optional[torch.Tensor] = None
         self.ring_views: Sequence[torch.Tensor] = ()
+
+    def use_ring(self, ring: torch.Tensor) -> List[torch.Tensor]:
+        """The solver keeps its iterates in ``ring`` (n_keys, B, d) and passes ``ring_views[key]`` (the
+        returned views, the same objects every time) to :meth:`record`: then best() gathers each
+        sample's row in one pass instead of one select over the batch per key."""
+        self.ring, self.ring_views = ring, [ring[i] for i in range(ring.shape[0])]
+        return self.ring_views
 
     def record(self, k: int, abs_res: torch.Tensor, fz_norm: torch.Tensor, key: int, buf: torch.Tensor):
         """Record iteration k: residual ||f(z)-z|| and ||f(z)|| (B,) of the iterate held in buf (B, d)."""

@@ -145,11 +145,10 @@ def anderson(f: Callable, z0: StateLike, *, m: int = 6, lam: float = LAM_DEFAULT
     X = history_empty((m, B, d), z)  # iterates
     F = history_empty((m, B, d), z)  # f(iterates): an undamped mix reads only these
     G = history_empty((m, B, d), z)  # residuals F - X: the Gram matrix
-    Xs = [X[i] for i in range(m)]  # fixed views: the tracker knows its buffers by identity
     H = torch.zeros(B, m, m, dtype=torch.float64, device=z.device)
     X[0].copy_(z)
     tr = _Tracker(z, max_iter, tol, stop_mode, eps, its, "anderson", n_keys=m)
-    tr.ring, tr.ring_views = X, Xs
+    Xs = tr.use_ring(X)  # fixed views of the slots: the tracker knows its buffers by identity
     # Iteration that last wrote each slot, kept on the device (scalar fills, no host copies: CUDA-graph safe).
     written = torch.zeros(m, dtype=torch.long, device=z.device)
     restart_at = torch.zeros(B, dtype=torch.long, device=z.device)  # slots written before are forgotten

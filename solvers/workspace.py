@@ -71,27 +71,32 @@ class _Workspace:
         for s in shape:
             numel *= s
         with self.lock:
-            if self.limit is None:
-                self.limit = _limit_from_env()
+            limit = self.get_limit()
             for i, e in enumerate(self.entries):
                 if e.buf.numel() == numel and e.buf.dtype == dtype and e.free():
                     self.entries.append(self.entries.pop(i))  # most recently used last
                     return e.buf.view(shape)
             buf = fresh()
             need = buf.numel() * buf.element_size()
-            if self.limit == 0 or need > self.limit:
+            if limit == 0 or need > limit:
                 return buf
             total = sum(e.nbytes() for e in self.entries)
             for e in [e for e in self.entries if e.free()]:  # oldest free ones make room
-                if total + need <= self.limit:
+                if total + need <= limit:
                     break
                 self.entries.remove(e)
                 total -= e.nbytes()
-            if total + need > self.limit:
+            if total + need > limit:
                 return buf
             entry = _Entry(buf.reshape(-1))
             self.entries.append(entry)
             return entry.buf.view(shape)
+
+    def get_limit(self) -> int:
+        with self.lock:
+            if self.limit is None:  # read from the environment on first use
+                self.limit = _limit_from_env()
+            return self.limit
 
     def clear(self) -> None:
         with self.lock:
@@ -115,10 +120,7 @@ def cached_empty(shape: Tuple[int, ...], like: torch.Tensor, fresh) -> torch.Ten
 
 def workspace_limit() -> int:
     """Bytes the workspace may keep (LDEQ_SOLVER_WORKSPACE_MB, default 4096 MB; 0: no reuse)."""
-    with _WS.lock:
-        if _WS.limit is None:
-            _WS.limit = _limit_from_env()
-        return _WS.limit
+    return _WS.get_limit()
 
 
 def set_workspace_limit(megabytes: float) -> None:
