@@ -315,8 +315,11 @@ def true_residual(f, z0, z):
     point a solver *returned* (z: (B, d)), with one more evaluation of f outside the timed region.
     A solver's own report can differ: TorchDEQ's damped fixed-point iteration tests the damped
     step tau (f(x) - x) and returns the point after it."""
-    fv, _ = flat_f(f, z0)
-    fz = fv(z.reshape(z.shape[0], -1))
+    B = z.shape[0]
+    if torch.is_tensor(z0):
+        fz = f(z.reshape(z0.shape)).reshape(B, -1)
+    else:
+        fz = flat_f(f, z0)[0](z.reshape(B, -1))
     d = fz - z.reshape(fz.shape)
     return d.norm(dim=1) / (fz.norm(dim=1) + 1e-9)
 
