@@ -81,14 +81,15 @@ def anderson_bytes(B, d, m, iters, elt, beta=1.0):
 
 def broyden_bytes(B, d, iters, elt, memory=None):
     """Bytes the fused Broyden passes touch: per iteration with n stored columns, pass 1 reads
-    V (n rows), dx, f(z), z, g_old and writes g_new (n + 5); pass 2 reads U, V (2n rows), dx, g_new,
-    g_old, z and writes u, v, dx, z_next (2n + 8; the next <u_i, dx> are summed from the block just
-    written, in cache). Iteration 0 computes g0 = f(z0) - z0 and the first step in plain torch
-    (~ 6 rows); the last iteration only runs pass 1."""
+    V (n rows), dx, f(z), z and writes g_new (n + 4; its dots with g_old come from earlier passes);
+    pass 2 reads U, V (2n rows), dx, g_new, g_old, z and writes u, v, dx, z_next (2n + 8; the next
+    <u_i, dx>, <v_new, g_new> and <dx, g_new> are summed from the block just written, in cache).
+    Iteration 0 computes g0 = f(z0) - z0 and the first step (~ 6 rows); the last iteration only
+    runs pass 1."""
     L = min(iters if memory is None else memory, max(1, iters - 1))
     rows, n = 6, 0
     for k in range(1, iters):
-        rows += n + 5
+        rows += n + 4
         if k < iters - 1:
             rows += 2 * n + 8
             n = min(n + 1, L)

@@ -43,17 +43,19 @@ def anderson_mix(X, F, G, alpha, beta, slot, n, active, z_best, best_key, use_re
     return ref.anderson_mix(X, F, G, alpha, float(beta), slot, n, active, z_best, best_key)
 
 
-def broyden_pass1(V, dx, fz, z, g_old, g_new, n, active, use_reference=False):
-    """g_new = fz - z and the (B, 2n + 4) f64 dot products of the rank-one update."""
+def broyden_pass1(V, dx, fz, z, g_new, n, active, use_reference=False):
+    """g_new = fz - z and the (B, n + 3) f64 dot products [<v_i, g_new> | <dx, g_new>, ||g_new||^2,
+    ||fz||^2] of the rank-one update."""
     if _compiled("broyden_pass1", fz, use_reference):
-        return torch.ops.ldeq.broyden_pass1(V, dx, fz.contiguous(), z, g_old, g_new, n, active)
-    return ref.broyden_pass1(V, dx, fz, z, g_old, g_new, n, active)
+        return torch.ops.ldeq.broyden_pass1(V, dx, fz.contiguous(), z, g_new, n, active)
+    return ref.broyden_pass1(V, dx, fz, z, g_new, n, active)
 
 
 def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key, evict_key,
                   use_reference=False):
     """Writes the new factor pair at ``slot``, the next step dx and z_next = z + dx (saving z_next's
-    lowest iterates to z_best first); returns the next pass 1's <u_i, dx> (B, min(n + 1, L)) f64."""
+    lowest iterates to z_best first); returns (B, n' + 2) f64, n' = min(n + 1, L): the next pass 1's
+    <u_i, dx> over n' columns, then <V[slot], g_new> and <dx, g_new> (g_new: the next g_old)."""
     if _compiled("broyden_pass2", z, use_reference):
         return torch.ops.ldeq.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best,
                                             best_key, evict_key)
@@ -80,12 +82,12 @@ def _register_fakes():
         return None
 
     @lib.register_fake("ldeq::broyden_pass1")
-    def _(V, dx, fz, z, g_old, g_new, n, active):
-        return fz.new_empty(fz.shape[0], 2 * n + 4, dtype=torch.float64)
+    def _(V, dx, fz, z, g_new, n, active):
+        return fz.new_empty(fz.shape[0], n + 3, dtype=torch.float64)
 
     @lib.register_fake("ldeq::broyden_pass2")
     def _(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key, evict_key):
-        return z.new_empty(z.shape[0], min(n + 1, U.shape[0]), dtype=torch.float64)
+        return z.new_empty(z.shape[0], min(n + 1, U.shape[0]) + 2, dtype=torch.float64)
 
 
 try:

@@ -140,29 +140,25 @@ def anderson_mix(X, F, G, alpha, beta: float, slot: int, n: int, active, z_best,
 # ---------------------------------------------------------------------------------------------
 # Broyden
 # ---------------------------------------------------------------------------------------------
-def broyden_pass1(V, dx, fz, z, g_old, g_new, n: int, active):
+def broyden_pass1(V, dx, fz, z, g_new, n: int, active):
     """g_new = fz - z, then the dot products the rank-one update needs, per active sample:
-    b_i = <v_i, g_new - g_old>, c_i = <v_i, g_new> (i < n), and <dx, g_new - g_old>, <dx, g_new>,
-    ||g_new||^2, ||fz||^2. (a_i = <u_i, dx> come from the previous :func:`broyden_pass2`.)
-    Returns (B, 2n + 4) float64 [b | c | scalars] (zero rows for inactive samples)."""
+    c_i = <v_i, g_new> (i < n), <dx, g_new>, ||g_new||^2, ||fz||^2. (a_i = <u_i, dx>, <v_i, g_old>
+    and <dx, g_old> come from the previous :func:`broyden_pass2` or this pass one iteration earlier.)
+    Returns (B, n + 3) float64 [c | scalars] (zero rows for inactive samples)."""
     B = fz.shape[0]
-    out = torch.zeros(B, 2 * n + 4, dtype=F64, device=fz.device)
+    out = torch.zeros(B, n + 3, dtype=F64, device=fz.device)
     r = _rows(active)
     if r.numel() == 0:
         return out
     g = fz[r] - z[r]
     g_new[r] = g
     g64, dx64 = g.to(F64), dx[r].to(F64)
-    dg = g64 - g_old[r].to(F64)
     if n > 0:
-        V64 = V[:n][:, r].to(F64)
-        out[r, :n] = torch.einsum("nbd,bd->bn", V64, dg)
-        out[r, n:2 * n] = torch.einsum("nbd,bd->bn", V64, g64)
-    out[r, 2 * n] = (dx64 * dg).sum(1)
-    out[r, 2 * n + 1] = (dx64 * g64).sum(1)
-    out[r, 2 * n + 2] = (g64 * g64).sum(1)
+        out[r, :n] = torch.einsum("nbd,bd->bn", V[:n][:, r].to(F64), g64)
+    out[r, n] = (dx64 * g64).sum(1)
+    out[r, n + 1] = (g64 * g64).sum(1)
     f64 = fz[r].to(F64)
-    out[r, 2 * n + 3] = (f64 * f64).sum(1)
+    out[r, n + 2] = (f64 * f64).sum(1)
     return out
 
 
@@ -175,10 +171,11 @@ def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot: int, n: int, ac
       dx <- g_new - sum_i sc_i u_i - k_new u~     (the next step, -J^-1 g_new)
       z_next = z + dx
     All reads of the old columns (slot may be one of them) happen before the writes. z_next of the
-    active samples with best_key == evict_key is first copied to z_best. Returns <u_i, dx> (new dx)
-    over the n' = min(n + 1, L) columns in use afterwards: (B, n') float64, zero for inactive rows."""
+    active samples with best_key == evict_key is first copied to z_best. Returns [<u_i, dx> (new dx)
+    over the n' = min(n + 1, L) columns in use afterwards | <V[slot], g_new> | <dx, g_new>] (the new
+    values as stored): (B, n' + 2) float64, zero for inactive rows."""
     n_next = min(n + 1, U.shape[0])
-    out = torch.zeros(z.shape[0], n_next, dtype=F64, device=z.device)
+    out = torch.zeros(z.shape[0], n_next + 2, dtype=F64, device=z.device)
     r = _rows(active)
     if r.numel() == 0:
         return out
@@ -201,5 +198,8 @@ def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot: int, n: int, ac
     U[slot, r] = u
     dx[r] = upd.to(dx.dtype)
     z_next[r] = (z[r].to(acc) + upd).to(z.dtype)
-    out[r] = torch.einsum("nbd,bd->bn", U[:n_next][:, r].to(F64), dx[r].to(F64))
+    dx64, g64 = dx[r].to(F64), g_new[r].to(F64)
+    out[r, :n_next] = torch.einsum("nbd,bd->bn", U[:n_next][:, r].to(F64), dx64)
+    out[r, n_next] = (V[slot, r].to(F64) * g64).sum(1)
+    out[r, n_next + 1] = (dx64 * g64).sum(1)
     return out

@@ -54,10 +54,10 @@ def broyden(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3
 
     U, V = history_empty((L, B, d), z), history_empty((L, B, d), z)
     fz = feval(Z[0], tr.active, tr.n_active, tr.active_host)
-    # g0 = f(z0) - z0 and its norms in one fused pass (pass 1 with no columns; its dx and g_old
-    # inputs only feed dot products unused here, so z0 stands in for them).
-    dots = K.broyden_pass1(V, Z[0], fz, Z[0], Z[0], g_old, 0, tr.active, use_reference=use_ref)
-    tr.record(0, dots[:, 2].sqrt(), dots[:, 3].sqrt(), 0, Z[0])
+    # g0 = f(z0) - z0 and its norms in one fused pass (pass 1 with no columns; its dx input only
+    # feeds a dot product unused here, so z0 stands in for it).
+    dots = K.broyden_pass1(V, Z[0], fz, Z[0], g_old, 0, tr.active, use_reference=use_ref)
+    tr.record(0, dots[:, 1].sqrt(), dots[:, 2].sqrt(), 0, Z[0])
     if tr.n_active == 0 or max_iter == 1:
         return tr.finish(z0.shape)
     dx.copy_(g_old)  # first step: -J0^-1 g = g
@@ -66,19 +66,25 @@ def broyden(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3
     torch.where(tr.active[:, None], Z[1], Z[0], out=Z[1])
     S = torch.zeros(L, B, dtype=f64, device=z.device)  # per-column scales s_i = 1 / <v_i, dg_i>
     udx = torch.zeros(B, 0, dtype=f64, device=z.device)  # <u_i, dx> of the columns in use (from pass 2)
+    # Dots with g_old, kept from the passes that saw it as g_new: <v_i, g_old> per column and
+    # <dx, g_old> (dx = g_old = g0 here). Then dg = g_new - g_old enters only through differences of
+    # float64 dot products, and pass 1 never reads g_old.
+    vg_old = torch.zeros(B, L, dtype=f64, device=z.device)
+    dxg_old = dots[:, 1].clone()
     cur, n, nupd = 1, 0, 0
     for k in range(1, max_iter):
         fz = feval(Z[cur], tr.active, tr.n_active, tr.active_host)
-        dots = K.broyden_pass1(V, dx, fz, Z[cur], g_old, g_new, n, tr.active, use_reference=use_ref)
-        tr.record(k, dots[:, 2 * n + 2].sqrt(), dots[:, 2 * n + 3].sqrt(), cur, Z[cur])
+        dots = K.broyden_pass1(V, dx, fz, Z[cur], g_new, n, tr.active, use_reference=use_ref)
+        tr.record(k, dots[:, n + 1].sqrt(), dots[:, n + 2].sqrt(), cur, Z[cur])
         if tr.n_active == 0 or k == max_iter - 1:
             break
         s_old = S[:n].t()  # (B, n)
         # u_i is stored unnormalised: <s_i u_i, dx> is the coefficient of v_i in the rmatvec.
-        a, b, c = s_old * udx, dots[:, :n], dots[:, n:2 * n]
+        c = dots[:, :n]  # <v_i, g_new>
+        a, b = s_old * udx, c - vg_old[:, :n]  # b_i = <v_i, dg>
         slot = nupd % L
-        vdg = -dots[:, 2 * n] + (a * b).sum(1)  # <v_new, dg>, v_new = -dx + V a, from dots only
-        vg = -dots[:, 2 * n + 1] + (a * c).sum(1)  # <v_new, g_new>
+        vdg = -(dots[:, n] - dxg_old) + (a * b).sum(1)  # <v_new, dg>, v_new = -dx + V a, from dots only
+        vg = -dots[:, n] + (a * c).sum(1)  # <v_new, g_new>
         ok = torch.isfinite(vdg) & (vdg != 0) & torch.isfinite(vg)
         tr.flag(~ok)
         s_new = torch.where(ok, 1.0 / torch.where(ok, vdg, torch.ones_like(vdg)), torch.zeros_like(vdg))
@@ -89,8 +95,13 @@ def broyden(f: Callable, z0: StateLike, *, max_iter: int = 50, tol: float = 1e-3
                          1).contiguous()
         # Z[1 - cur] is overwritten: pass 2 saves the lowest iterates living there in the same pass.
         z_best, best_key = tr.evict_target()
-        udx = K.broyden_pass2(U, V, dx, Z[cur], Z[1 - cur], g_new, g_old, coef, slot, n, tr.active, z_best,
+        out = K.broyden_pass2(U, V, dx, Z[cur], Z[1 - cur], g_new, g_old, coef, slot, n, tr.active, z_best,
                               best_key, 1 - cur, use_reference=use_ref)
+        n_next = min(n + 1, L)
+        udx = out[:, :n_next]
+        vg_old[:, :n] = c  # g_new becomes g_old: the columns kept, then the one written at slot
+        vg_old[:, slot] = out[:, n_next]
+        dxg_old = out[:, n_next + 1]
         tr.evicted(1 - cur, tr.active)
         S[slot] = torch.where(tr.active, s_new, S[slot])
         n, nupd = min(n + 1, L), nupd + 1

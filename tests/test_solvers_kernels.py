@@ -188,16 +188,17 @@ def test_broyden_pass1_matches_reference(device, dtype, n):
     dx, fz, z, go = dx.contiguous(), fz.contiguous(), z.contiguous(), go.contiguous()
     active = torch.tensor([True, False, True], device=device)
     gk, gr = torch.zeros_like(z), torch.zeros_like(z)
-    dk = K.broyden_pass1(V, dx, fz, z, go, gk, n, active)
-    dr = K.broyden_pass1(V, dx, fz, z, go, gr, n, active, use_reference=True)
-    assert dk.shape == (B, 2 * n + 4)
+    dk = K.broyden_pass1(V, dx, fz, z, gk, n, active)
+    dr = K.broyden_pass1(V, dx, fz, z, gr, n, active, use_reference=True)
+    assert dk.shape == (B, n + 3)
     torch.testing.assert_close(gk, gr, rtol=0, atol=0)
     torch.testing.assert_close(dk, dr, rtol=1e-9, atol=1e-8)
     assert not dk[1].any() and not gk[1].any()  # inactive sample untouched
-    g = gk[0].double()
-    if n:
-        assert abs(float(dk[0, 0]) - float(V[0, 0].double() @ (g - go[0].double()))) < 1e-7 * d
-        assert abs(float(dk[0, n]) - float(V[0, 0].double() @ g)) < 1e-7 * d
+    # float64 oracle for sample 0: [<v_i, g> | <dx, g>, ||g||^2, ||fz||^2], g = fz - z as stored
+    g, f0 = gk[0].double().cpu(), fz[0].double().cpu()
+    want = [V[i, 0].double().cpu() @ g for i in range(n)] + [dx[0].double().cpu() @ g, g @ g, f0 @ f0]
+    for got, w in zip(dk[0].cpu().tolist(), want):
+        assert abs(got - float(w)) <= 1e-12 * max(1.0, abs(float(w))) + 1e-9, (got, float(w))
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
@@ -224,11 +225,14 @@ def test_broyden_pass2_matches_reference_in_place(device, dtype, slot, n):
     # the lowest iterate leaves z_next bit for bit, only for the active sample that kept it there
     for zb in (zbk, outs[1][4]):
         assert torch.equal(zb[0], zn0[0]) and not zb[1:].any()
-    # <u_i, dx> over the columns in use afterwards, from the written U and dx (float64 oracle)
+    # [<u_i, dx> over the columns in use afterwards | <V[slot], g_new> | <dx, g_new>], from the
+    # written U, V and dx (float64 oracle)
     n_next = min(n + 1, L)
-    assert udxk.shape == (B, n_next) and not udxk[2].any()
-    for Uo, dxo, udx in ((Uk, dxk, udxk), (outs[1][0], outs[1][2], outs[1][5])):
-        prods = Uo[:n_next, :2].double() * dxo[:2].double()
+    assert udxk.shape == (B, n_next + 2) and not udxk[2].any()
+    for Uo, Vo, dxo, udx in ((Uk, Vk, dxk, udxk), (outs[1][0], outs[1][1], outs[1][2], outs[1][5])):
+        rows = torch.cat([Uo[:n_next, :2], Vo[slot:slot + 1, :2], dxo[None, :2]]).double()
+        wts = torch.stack([dxo[:2]] * n_next + [gn[:2], gn[:2]]).double()
+        prods = rows * wts
         # f64 sums of the same products in another order: |error| <= d eps64 sum |terms|
         bound = d * 2.3e-16 * prods.abs().sum(-1).t()
         assert bool(((udx[:2] - prods.sum(-1).t()).abs() <= bound).all())
@@ -266,19 +270,24 @@ def test_broyden_update_satisfies_the_secant_condition():
     n = 0
     udx = torch.zeros(1, 0, dtype=F64)
     zb, key = torch.zeros_like(z), torch.full((1,), -1)
+    vg_old, dxg_old = torch.zeros(1, L, dtype=F64), (dx * g_old).sum(1)
     for k in range(2):
         fz = f(z)
         g_new = torch.empty_like(z)
-        dots = ref.broyden_pass1(V, dx, fz, z, g_old, g_new, n, act)
+        dots = ref.broyden_pass1(V, dx, fz, z, g_new, n, act)
         s_old = S[:n].t()
-        a, bb, c = s_old * udx, dots[:, :n], dots[:, n:2 * n]
-        vdg = -dots[:, 2 * n] + (a * bb).sum(1)
-        vg = -dots[:, 2 * n + 1] + (a * c).sum(1)
+        c = dots[:, :n]
+        a, bb = s_old * udx, c - vg_old[:, :n]
+        vdg = -(dots[:, n] - dxg_old) + (a * bb).sum(1)
+        vg = -dots[:, n] + (a * c).sum(1)
         s_new = 1 / vdg
         coef = torch.cat([a, s_old * bb, s_old * c, (s_new * vg)[:, None]], 1)
         dz, dg = dx.clone(), g_new - g_old
         z_next = torch.empty_like(z)
-        udx = ref.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, n, n, act, zb, key, 0)
+        out = ref.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, n, n, act, zb, key, 0)
+        udx = out[:, :n + 1]
+        vg_old[:, :n] = c
+        vg_old[:, n], dxg_old = out[:, n + 1], out[:, n + 2]
         S[n] = s_new
         n += 1
         Jinv = -torch.eye(d, dtype=F64) + sum(S[i, 0] * torch.outer(U[i, 0], V[i, 0]) for i in range(n))
@@ -306,7 +315,7 @@ def test_op_schemas_and_fake_kernels_pass_opcheck():
                           test_utils=tests)
     U, V = _hist(m, B, d, torch.float32, "cpu", 4), _hist(m, B, d, torch.float32, "cpu", 5)
     dx, z, go, gn = [t.contiguous() for t in _hist(4, B, d, torch.float32, "cpu", 6).unbind(0)]
-    torch.library.opcheck(torch.ops.ldeq.broyden_pass1.default, (V, dx, fz, z, go, gn, 2, act),
+    torch.library.opcheck(torch.ops.ldeq.broyden_pass1.default, (V, dx, fz, z, gn, 2, act),
                           test_utils=tests)
     coef = torch.randn(B, 7, dtype=F64)
     torch.library.opcheck(torch.ops.ldeq.broyden_pass2.default,
@@ -330,7 +339,7 @@ def test_reductions_are_run_to_run_deterministic(device):
             Gc, H = G.clone(), torch.zeros(B, m, m, dtype=F64, device=device)
             C = torch.zeros(B, m, m, dtype=F64, device=device)
             r = K.anderson_update(X, Gc, X.clone(), fz, H, 2, n, active, C=C)
-            dots = K.broyden_pass1(V, dx, fz32, z, go, torch.empty_like(z), n, active)
+            dots = K.broyden_pass1(V, dx, fz32, z, torch.empty_like(z), n, active)
             udx = K.broyden_pass2(U.clone(), V.clone(), dx.clone(), z, torch.empty_like(z), go, z,
                                   torch.ones(B, 3 * n + 1, dtype=F64, device=device), 1, n, active,
                                   torch.empty_like(z), torch.full((B,), -1, device=device), 0)
@@ -356,7 +365,7 @@ def test_batch_beyond_the_grid_y_limit(device):
         K.anderson_mix(Xc, Fc, Gc, torch.full((B, n), 0.5, dtype=F64, device=device), 0.7, slot, n, active, zb,
                        torch.full((B,), slot, device=device), use_reference=use_ref)
         U, V = X.clone(), G.clone()
-        dots = K.broyden_pass1(V, X[0], fz, X[1], G[0], torch.zeros_like(fz), n, active, use_reference=use_ref)
+        dots = K.broyden_pass1(V, X[0], fz, X[1], torch.zeros_like(fz), n, active, use_reference=use_ref)
         zn, dxc = torch.zeros_like(fz), X[0].clone()
         udx = K.broyden_pass2(U, V, dxc, X[1], zn, fz, G[0], torch.ones(B, 3 * n + 1, dtype=F64, device=device), slot,
                               n, active, zb.clone(), torch.full((B,), -1, device=device), 0, use_reference=use_ref)

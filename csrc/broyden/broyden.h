@@ -4,19 +4,21 @@
 // and the per-column scales s (L, B) kept by the caller (so u is stored unnormalised and the
 // normalisation, known only after a reduction, costs no extra pass).
 //
-//   broyden_pass1(V, dx, fz, z, g_old, g_new, n, active) -> (B, 2n + 4) f64
-//       g_new = fz - z, and in the same pass b_i = <v_i, g_new - g_old>, c_i = <v_i, g_new>, then
-//       <dx, g_new - g_old>, <dx, g_new>, ||g_new||^2, ||fz||^2. (The a_i = <u_i, dx> of the
-//       rmatvec come from the previous pass 2, so this pass streams V only.)
+//   broyden_pass1(V, dx, fz, z, g_new, n, active) -> (B, n + 3) f64
+//       g_new = fz - z, and in the same pass c_i = <v_i, g_new>, then <dx, g_new>, ||g_new||^2,
+//       ||fz||^2. (The a_i = <u_i, dx> of the rmatvec, <v_i, g_old> and <dx, g_old> come from earlier
+//       passes, so b_i = <v_i, g_new - g_old> = c_i - <v_i, g_old> costs no read of g_old: this pass
+//       streams V and one weight vector only.)
 //   broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key,
-//                 evict_key) -> (B, n') f64, n' = min(n + 1, L)
+//                 evict_key) -> (B, n' + 2) f64, n' = min(n + 1, L)
 //       with coef (B, 3n + 1) f64 = [a | sb | sc | k]:
 //       V[slot] = -dx + sum_i a_i v_i               (= v^T = dx^T J^-1, the rmatvec)
 //       U[slot] = dx + dg - sum_i sb_i u_i          (= dx - J^-1 dg, the matvec, unnormalised)
 //       dx      = g_new - sum_i sc_i u_i - k U[slot] (= -J_new^-1 g_new, the next step)
 //       z_next  = z + dx
-//       returns <u_i, dx> (new dx) over the n' columns in use afterwards (the next pass 1's a_i),
-//       accumulated while each block is still in cache. One pass over the history; all reads of an
+//       returns [<u_i, dx> (new dx) over the n' columns in use afterwards (the next pass 1's a_i) |
+//       <V[slot], g_new> | <dx, g_new>] (new V[slot] and dx as stored; g_new is the next pass 1's
+//       g_old), accumulated while each block is still in cache. One pass over the history; all reads of an
 //       element precede its writes (slot may be an old column being evicted from the ring); needs
 //       slot < n' (the ring fills in order). Before z_next of an active sample b with
 //       best_key[b] == evict_key is overwritten, it is copied to z_best[b] (the lowest iterate that
@@ -39,13 +41,12 @@ inline void check_factors(const at::Tensor& U, const at::Tensor& V, const at::Te
 }
 
 inline void check_broyden_pass1(const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz, const at::Tensor& z,
-                                const at::Tensor& g_old, const at::Tensor& g_new, int64_t n, const at::Tensor& active) {
+                                const at::Tensor& g_new, int64_t n, const at::Tensor& active) {
   TORCH_CHECK(fz.dim() == 2, "fz must have shape (B, d), got ", fz.sizes());
   const int64_t B = fz.size(0), d = fz.size(1);
   check_state(fz, "fz", B, d, fz);
   check_state(dx, "dx", B, d, fz);
   check_state(z, "z", B, d, fz);
-  check_state(g_old, "g_old", B, d, fz);
   check_state(g_new, "g_new", B, d, fz);
   check_history(V, "V", fz);
   TORCH_CHECK(V.size(1) == B && V.size(2) == d, "V must have shape (L, B=", B, ", d=", d, "), got ", V.sizes());

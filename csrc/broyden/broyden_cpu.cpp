@@ -15,44 +15,41 @@ namespace {
 // Task bodies: one chunk [j0, j1) of one sample, one entry point per ISA (see solver_common.h).
 template <cpu::Isa isa, typename scalar_t>
 LDEQ_INLINE void pass1_task_body(const scalar_t* Vb, int64_t stride, const scalar_t* dxb, const scalar_t* fzb,
-                                  const scalar_t* zb, const scalar_t* gob, scalar_t* gnb, int64_t n, int64_t j0,
-                                  int64_t j1, double* out) {
-  double gbuf[kBlock], dgbuf[kBlock];
+                                  const scalar_t* zb, scalar_t* gnb, int64_t n, int64_t j0, int64_t j1,
+                                  double* out) {
+  double gbuf[kBlock];
   for (int64_t s0 = j0; s0 < j1; s0 += kBlock) {
     const int64_t len = std::min(j1, s0 + kBlock) - s0;
-    double dxdg = 0, dxg = 0, gg = 0, ff = 0;
-#pragma omp simd reduction(+ : dxdg, dxg, gg, ff)
+    double dxg = 0, gg = 0, ff = 0;
+#pragma omp simd reduction(+ : dxg, gg, ff)
     for (int64_t j = 0; j < len; ++j) {
       const scalar_t gv = fzb[s0 + j] - zb[s0 + j];  // rounded to the state dtype, as stored
       gnb[s0 + j] = gv;
       const double g64 = static_cast<double>(gv), f64 = static_cast<double>(fzb[s0 + j]);
-      const double dg = g64 - static_cast<double>(gob[s0 + j]);
-      const double x64 = static_cast<double>(dxb[s0 + j]);
-      gbuf[j] = g64; dgbuf[j] = dg;
-      dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
+      gbuf[j] = g64;
+      dxg += static_cast<double>(dxb[s0 + j]) * g64; gg += g64 * g64; ff += f64 * f64;
     }
-    out[2 * n] += dxdg; out[2 * n + 1] += dxg; out[2 * n + 2] += gg; out[2 * n + 3] += ff;
-    block_dots2(Vb + s0, stride, n, dgbuf, gbuf, len, out, out + n);
+    out[n] += dxg; out[n + 1] += gg; out[n + 2] += ff;
+    block_dots(Vb + s0, stride, n, gbuf, len, out);
   }
 }
 LDEQ_CPU_KERNEL(pass1_task, pass1_task_body)
 
 at::Tensor broyden_pass1_cpu(const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz, const at::Tensor& z,
-                             const at::Tensor& g_old, at::Tensor g_new, int64_t n, const at::Tensor& active) {
-  check_broyden_pass1(V, dx, fz, z, g_old, g_new, n, active);
+                             at::Tensor g_new, int64_t n, const at::Tensor& active) {
+  check_broyden_pass1(V, dx, fz, z, g_new, n, active);
   const int64_t B = fz.size(0), d = fz.size(1);
-  const int64_t nout = 2 * n + 4;
+  const int64_t nout = n + 3;
   at::Tensor res = at::empty({B, nout}, fz.options().dtype(at::kDouble));
   const bool* act = active.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fz.scalar_type(), "broyden_pass1_cpu", [&] {
     const scalar_t *Vp = V.data_ptr<scalar_t>(), *dxp = dx.data_ptr<scalar_t>();
-    const scalar_t *fzp = fz.data_ptr<scalar_t>(), *zp = z.data_ptr<scalar_t>(), *gop = g_old.data_ptr<scalar_t>();
+    const scalar_t *fzp = fz.data_ptr<scalar_t>(), *zp = z.data_ptr<scalar_t>();
     scalar_t* gnp = g_new.data_ptr<scalar_t>();
     for_each_active_chunk_sum(B, d, nout, act, res.data_ptr<double>(),
                               [&](int64_t b, int64_t j0, int64_t j1, double* out) {
                                 const int64_t o = b * d;
-                                pass1_task(Vp + o, B * d, dxp + o, fzp + o, zp + o, gop + o, gnp + o, n, j0, j1,
-                                           out);
+                                pass1_task(Vp + o, B * d, dxp + o, fzp + o, zp + o, gnp + o, n, j0, j1, out);
                               });
   });
   return res;
@@ -114,17 +111,23 @@ LDEQ_INLINE void pass2_task_body(scalar_t* Ub, scalar_t* Vb, int64_t stride, sca
     // All reads of this block (including an evicted column at `slot`) are done.
     scalar_t* uo = Ub + slot * stride + s0;
     scalar_t* vo = Vb + slot * stride + s0;
-#pragma omp simd
+    double vg = 0, dxg = 0;
+#pragma omp simd reduction(+ : vg, dxg)
     for (int64_t j = 0; j < len; ++j) {
       const scalar_t us = static_cast<scalar_t>(uacc[j]);
       const acc_t upd = pacc[j] - kn * static_cast<acc_t>(us);
-      const scalar_t dxs = static_cast<scalar_t>(upd);
+      const scalar_t dxs = static_cast<scalar_t>(upd), vs = static_cast<scalar_t>(vacc[j]);
       uo[j] = us;
-      vo[j] = static_cast<scalar_t>(vacc[j]);
+      vo[j] = vs;
       dxb[s0 + j] = dxs;
       dxbuf[j] = static_cast<double>(dxs);
       znb[s0 + j] = static_cast<scalar_t>(static_cast<acc_t>(zb[s0 + j]) + upd);
+      // with g_new as the next g_old: its dots with the new column and the new step, as stored
+      const double g64 = static_cast<double>(gnb[s0 + j]);
+      vg += static_cast<double>(vs) * g64;
+      dxg += dxbuf[j] * g64;
     }
+    out[n_next] += vg; out[n_next + 1] += dxg;
     // Next iteration's <u_i, dx> over the columns then in use (U[slot] now holds the new one): the
     // block is still in cache, so the next pass 1 does not stream U at all.
     block_dots(Ub + s0, stride, n_next, dxbuf, len, out);
@@ -139,7 +142,7 @@ at::Tensor broyden_pass2_cpu(at::Tensor U, at::Tensor V, at::Tensor dx, const at
   check_broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key);
   const int64_t B = z.size(0), d = z.size(1);
   const int64_t n_next = std::min(n + 1, U.size(0));
-  at::Tensor res = at::empty({B, n_next}, z.options().dtype(at::kDouble));
+  at::Tensor res = at::empty({B, n_next + 2}, z.options().dtype(at::kDouble));
   const bool* act = active.data_ptr<bool>();
   const double* cp = coef.data_ptr<double>();
   const int64_t* keys = best_key.data_ptr<int64_t>();
@@ -148,7 +151,7 @@ at::Tensor broyden_pass2_cpu(at::Tensor U, at::Tensor V, at::Tensor dx, const at
     const scalar_t *zp = z.data_ptr<scalar_t>(), *gnp = g_new.data_ptr<scalar_t>(), *gop = g_old.data_ptr<scalar_t>();
     scalar_t* znp = z_next.data_ptr<scalar_t>();
     scalar_t* zb = z_best.data_ptr<scalar_t>();
-    for_each_active_chunk_sum(B, d, n_next, act, res.data_ptr<double>(),
+    for_each_active_chunk_sum(B, d, n_next + 2, act, res.data_ptr<double>(),
                               [&](int64_t b, int64_t j0, int64_t j1, double* out) {
                                 const int64_t o = b * d;
                                 pass2_task(Up + o, Vp + o, B * d, dxp + o, zp + o, znp + o, gnp + o, gop + o,

@@ -17,13 +17,12 @@
 namespace ldeq {
 namespace {
 
-// partial (B, nblk, 2n + 4): per-block sums of [b | c | dx.dg, dx.g, g.g, fz.fz]
+// partial (B, nblk, n + 3): per-block sums of [c | dx.g, g.g, fz.fz]
 template <typename scalar_t>
 __global__ void pass1_kernel(const scalar_t* __restrict__ V, const scalar_t* __restrict__ dx,
                              const scalar_t* __restrict__ fz, const scalar_t* __restrict__ z,
-                             const scalar_t* __restrict__ g_old, scalar_t* __restrict__ g_new,
-                             const bool* __restrict__ active, int64_t B, int64_t d, int64_t n, int64_t nblk,
-                             double* __restrict__ partial) {
+                             scalar_t* __restrict__ g_new, const bool* __restrict__ active, int64_t B, int64_t d,
+                             int64_t n, int64_t nblk, double* __restrict__ partial) {
   __shared__ double sh[32];
   for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
     const int64_t b = t / nblk, blk = t % nblk;
@@ -31,59 +30,49 @@ __global__ void pass1_kernel(const scalar_t* __restrict__ V, const scalar_t* __r
     const int64_t stride = nblk * blockDim.x;
     const int64_t j0 = blk * blockDim.x + threadIdx.x;
     const int64_t o = b * d;
-    double* ob = partial + t * (2 * n + 4);
-    double dxdg = 0, dxg = 0, gg = 0, ff = 0;
+    double* ob = partial + t * (n + 3);
+    double dxg = 0, gg = 0, ff = 0;
     for (int64_t j = j0; j < d; j += stride) {
       const scalar_t gv = fz[o + j] - z[o + j];
       g_new[o + j] = gv;  // read back below by this same thread only
       const double g64 = static_cast<double>(gv), f64 = static_cast<double>(fz[o + j]);
-      const double dg = g64 - static_cast<double>(g_old[o + j]);
-      const double x64 = static_cast<double>(dx[o + j]);
-      dxdg += x64 * dg; dxg += x64 * g64; gg += g64 * g64; ff += f64 * f64;
+      dxg += static_cast<double>(dx[o + j]) * g64; gg += g64 * g64; ff += f64 * f64;
     }
     double r;
-    r = block_sum(dxdg, sh); if (threadIdx.x == 0) ob[2 * n] = r;
-    r = block_sum(dxg, sh);  if (threadIdx.x == 0) ob[2 * n + 1] = r;
-    r = block_sum(gg, sh);   if (threadIdx.x == 0) ob[2 * n + 2] = r;
-    r = block_sum(ff, sh);   if (threadIdx.x == 0) ob[2 * n + 3] = r;
+    r = block_sum(dxg, sh); if (threadIdx.x == 0) ob[n] = r;
+    r = block_sum(gg, sh);  if (threadIdx.x == 0) ob[n + 1] = r;
+    r = block_sum(ff, sh);  if (threadIdx.x == 0) ob[n + 2] = r;
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t* vi = V + i * B * d + o;
-      double bb = 0, cc = 0;
-      for (int64_t j = j0; j < d; j += stride) {
-        const double g64 = static_cast<double>(g_new[o + j]);
-        const double dg = g64 - static_cast<double>(g_old[o + j]);
-        const double v = static_cast<double>(vi[j]);
-        bb += v * dg;
-        cc += v * g64;
-      }
-      r = block_sum(bb, sh); if (threadIdx.x == 0) ob[i] = r;
-      r = block_sum(cc, sh); if (threadIdx.x == 0) ob[n + i] = r;
+      double cc = 0;
+      for (int64_t j = j0; j < d; j += stride) cc += static_cast<double>(vi[j]) * static_cast<double>(g_new[o + j]);
+      r = block_sum(cc, sh); if (threadIdx.x == 0) ob[i] = r;
     }
   }
 }
 
 at::Tensor broyden_pass1_cuda(const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz, const at::Tensor& z,
-                              const at::Tensor& g_old, at::Tensor g_new, int64_t n, const at::Tensor& active) {
-  check_broyden_pass1(V, dx, fz, z, g_old, g_new, n, active);
+                              at::Tensor g_new, int64_t n, const at::Tensor& active) {
+  check_broyden_pass1(V, dx, fz, z, g_new, n, active);
   const int64_t B = fz.size(0), d = fz.size(1);
   const c10::cuda::CUDAGuard guard(fz.device());
-  at::Tensor out = at::zeros({B, 2 * n + 4}, fz.options().dtype(at::kDouble));
+  at::Tensor out = at::zeros({B, n + 3}, fz.options().dtype(at::kDouble));
   if (B == 0 || d == 0) return out;
-  const int64_t nblk = reduction_blocks(d, B), nout = 2 * n + 4;
+  const int64_t nblk = reduction_blocks(d, B), nout = n + 3;
   at::Tensor partial = at::zeros({B, nblk, nout}, out.options());
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fz.scalar_type(), "broyden_pass1_cuda", [&] {
     pass1_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, stream>>>(
         V.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), fz.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
-        g_old.data_ptr<scalar_t>(), g_new.data_ptr<scalar_t>(), active.data_ptr<bool>(), B, d, n, nblk,
-        partial.data_ptr<double>());
+        g_new.data_ptr<scalar_t>(), active.data_ptr<bool>(), B, d, n, nblk, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, nout, out.data_ptr<double>(), stream);
   return out;
 }
 
-// partial (B, nblk, n_next): per-block sums of <u_i, dx_new> over the columns in use afterwards.
+// partial (B, nblk, n_next + 2): per-block sums of [<u_i, dx_new> over the columns in use afterwards |
+// <V[slot], g_new> | <dx_new, g_new>] (the stored values).
 template <typename scalar_t>
 __global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V, scalar_t* __restrict__ dx,
                              const scalar_t* __restrict__ z, scalar_t* __restrict__ z_next,
@@ -103,6 +92,7 @@ __global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V,
     const int64_t o = b * d;
     const int64_t stride = nblk * blockDim.x;
     const int64_t j0 = blk * blockDim.x + threadIdx.x;
+    double vg = 0, dxg = 0;
     for (int64_t j = j0; j < d; j += stride) {
       const acc_t x = static_cast<acc_t>(dx[o + j]), gn = static_cast<acc_t>(g_new[o + j]);
       acc_t v = -x, u = x + (gn - static_cast<acc_t>(g_old[o + j])), p = gn;
@@ -112,16 +102,25 @@ __global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V,
         u -= static_cast<acc_t>(cb[n + i]) * ui;
         p -= static_cast<acc_t>(cb[2 * n + i]) * ui;
       }
-      const scalar_t us = static_cast<scalar_t>(u);
+      const scalar_t us = static_cast<scalar_t>(u), vs = static_cast<scalar_t>(v);
       const acc_t upd = p - kn * static_cast<acc_t>(us);
+      const scalar_t dxs = static_cast<scalar_t>(upd);
       U[slot * B * d + o + j] = us;  // every read of element j (an evicted column too) is done
-      V[slot * B * d + o + j] = static_cast<scalar_t>(v);
-      dx[o + j] = static_cast<scalar_t>(upd);
+      V[slot * B * d + o + j] = vs;
+      dx[o + j] = dxs;
       if (evict) z_best[o + j] = z_next[o + j];
       z_next[o + j] = static_cast<scalar_t>(static_cast<acc_t>(z[o + j]) + upd);
+      // g_new is the next g_old: its dots with the new column and the new step, as stored
+      const double g64 = static_cast<double>(g_new[o + j]);
+      vg += static_cast<double>(vs) * g64;
+      dxg += static_cast<double>(dxs) * g64;
     }
+    double* ob = partial + t * (n_next + 2);
+    double r = block_sum(vg, sh);
+    if (threadIdx.x == 0) ob[n_next] = r;
+    r = block_sum(dxg, sh);
+    if (threadIdx.x == 0) ob[n_next + 1] = r;
     // <u_i, dx_new>: each thread re-reads only the elements it wrote above.
-    double* ob = partial + t * n_next;
     for (int64_t i = 0; i < n_next; ++i) {
       double a = 0;
       for (int64_t j = j0; j < d; j += stride)
@@ -140,10 +139,10 @@ at::Tensor broyden_pass2_cuda(at::Tensor U, at::Tensor V, at::Tensor dx, const a
   const int64_t B = z.size(0), d = z.size(1);
   const int64_t n_next = std::min(n + 1, U.size(0));
   const c10::cuda::CUDAGuard guard(z.device());
-  at::Tensor out = at::zeros({B, n_next}, z.options().dtype(at::kDouble));
+  at::Tensor out = at::zeros({B, n_next + 2}, z.options().dtype(at::kDouble));
   if (B == 0 || d == 0) return out;
   const int64_t nblk = reduction_blocks(d, B);
-  at::Tensor partial = at::zeros({B, nblk, n_next}, out.options());
+  at::Tensor partial = at::zeros({B, nblk, n_next + 2}, out.options());
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "broyden_pass2_cuda", [&] {
     pass2_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, stream>>>(
@@ -153,7 +152,7 @@ at::Tensor broyden_pass2_cuda(at::Tensor U, at::Tensor V, at::Tensor dx, const a
         best_key.data_ptr<int64_t>(), evict_key, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, n_next, out.data_ptr<double>(),
+  reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, n_next + 2, out.data_ptr<double>(),
                   stream);
   return out;
 }
