@@ -38,7 +38,7 @@ TORCH_LIBRARY(ldeq, m) {
         "Tensor active, Tensor(b!) z_best, Tensor best_key) -> ()");
   // Broyden (csrc/broyden/broyden.h): low-rank factors U, V (L, B, d).
   m.def("broyden_pass1(Tensor V, Tensor dx, Tensor fz, Tensor z, Tensor(a!) g_new, int n, Tensor active) -> Tensor");
-  m.def("broyden_pass2(Tensor(a!) U, Tensor(b!) V, Tensor(c!) dx, Tensor z, Tensor(d!) z_next, "
+  m.def("broyden_pass2(Tensor(a!) U, Tensor(b!)? V, Tensor dx, Tensor(c!) dx_next, Tensor z, Tensor(d!) z_next, "
         "Tensor g_new, Tensor g_old, Tensor coef, int slot, int n, Tensor active, Tensor(e!) z_best, "
         "Tensor best_key, int evict_key) -> Tensor");
 }

@@ -51,15 +51,16 @@ def broyden_pass1(V, dx, fz, z, g_new, n, active, use_reference=False):
     return ref.broyden_pass1(V, dx, fz, z, g_new, n, active)
 
 
-def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key, evict_key,
+def broyden_pass2(U, V, dx, dx_next, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key, evict_key,
                   use_reference=False):
-    """Writes the new factor pair at ``slot``, the next step dx and z_next = z + dx (saving z_next's
-    lowest iterates to z_best first); returns (B, n' + 2) f64, n' = min(n + 1, L): the next pass 1's
-    <u_i, dx> over n' columns, then <V[slot], g_new> and <dx, g_new> (g_new: the next g_old)."""
+    """Writes the new factor pair at ``slot`` (only u when V is None), the next step dx_next and
+    z_next = z + dx_next (saving z_next's lowest iterates to z_best first); returns (B, n' + 2) f64,
+    n' = min(n + 1, L): the next pass 1's <u_i, dx_next> over n' columns, then <V[slot], g_new> (0
+    without V) and <dx_next, g_new> (g_new: the next g_old)."""
     if _compiled("broyden_pass2", z, use_reference):
-        return torch.ops.ldeq.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best,
-                                            best_key, evict_key)
-    return ref.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key,
+        return torch.ops.ldeq.broyden_pass2(U, V, dx, dx_next, z, z_next, g_new, g_old, coef, slot, n, active,
+                                            z_best, best_key, evict_key)
+    return ref.broyden_pass2(U, V, dx, dx_next, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key,
                              evict_key)
 
 
@@ -86,7 +87,7 @@ def _register_fakes():
         return fz.new_empty(fz.shape[0], n + 3, dtype=torch.float64)
 
     @lib.register_fake("ldeq::broyden_pass2")
-    def _(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key, evict_key):
+    def _(U, V, dx, dx_next, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key, evict_key):
         return z.new_empty(z.shape[0], min(n + 1, U.shape[0]) + 2, dtype=torch.float64)
 
 

@@ -162,18 +162,18 @@ def broyden_pass1(V, dx, fz, z, g_new, n: int, active):
     return out
 
 
-def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot: int, n: int, active, z_best, best_key,
+def broyden_pass2(U, V, dx, dx_next, z, z_next, g_new, g_old, coef, slot: int, n: int, active, z_best, best_key,
                   evict_key: int):
     """The rank-one update and the next step in one pass, per active sample; coef (B, 3n + 1)
     float64 = [a | sb | sc | k_new]:
-      v  = -dx + sum_i a_i v_i                    -> V[slot]
+      v  = -dx + sum_i a_i v_i                    -> V[slot]   (only when V is not None)
       u~ = dx + (g_new - g_old) - sum_i sb_i u_i  -> U[slot]   (unnormalised; scale kept outside)
-      dx <- g_new - sum_i sc_i u_i - k_new u~     (the next step, -J^-1 g_new)
-      z_next = z + dx
+      dx_next = g_new - sum_i sc_i u_i - k_new u~ (the next step, -J^-1 g_new)
+      z_next = z + dx_next
     All reads of the old columns (slot may be one of them) happen before the writes. z_next of the
-    active samples with best_key == evict_key is first copied to z_best. Returns [<u_i, dx> (new dx)
-    over the n' = min(n + 1, L) columns in use afterwards | <V[slot], g_new> | <dx, g_new>] (the new
-    values as stored): (B, n' + 2) float64, zero for inactive rows."""
+    active samples with best_key == evict_key is first copied to z_best. Returns [<u_i, dx_next>
+    over the n' = min(n + 1, L) columns in use afterwards | <V[slot], g_new> (0 without V) |
+    <dx_next, g_new>] (the new values as stored): (B, n' + 2) float64, zero for inactive rows."""
     n_next = min(n + 1, U.shape[0])
     out = torch.zeros(z.shape[0], n_next + 2, dtype=F64, device=z.device)
     r = _rows(active)
@@ -188,18 +188,21 @@ def broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot: int, n: int, ac
     dxr, gn, go = dx[r].to(acc), g_new[r].to(acc), g_old[r].to(acc)
     v, u, upd = -dxr, dxr + (gn - go), gn.clone()
     if n > 0:
-        Ur, Vr = U[:n][:, r].to(acc), V[:n][:, r].to(acc)
-        v = v + torch.einsum("bn,nbd->bd", a, Vr)
+        Ur = U[:n][:, r].to(acc)
+        if V is not None:
+            v = v + torch.einsum("bn,nbd->bd", a, V[:n][:, r].to(acc))
         u = u - torch.einsum("bn,nbd->bd", sb, Ur)
         upd = upd - torch.einsum("bn,nbd->bd", sc, Ur)
     u = u.to(U.dtype)  # the next step uses u as stored
     upd = upd - kn * u.to(acc)
-    V[slot, r] = v.to(V.dtype)
+    if V is not None:
+        V[slot, r] = v.to(V.dtype)
     U[slot, r] = u
-    dx[r] = upd.to(dx.dtype)
+    dx_next[r] = upd.to(dx_next.dtype)
     z_next[r] = (z[r].to(acc) + upd).to(z.dtype)
-    dx64, g64 = dx[r].to(F64), g_new[r].to(F64)
+    dx64, g64 = dx_next[r].to(F64), g_new[r].to(F64)
     out[r, :n_next] = torch.einsum("nbd,bd->bn", U[:n_next][:, r].to(F64), dx64)
-    out[r, n_next] = (V[slot, r].to(F64) * g64).sum(1)
+    if V is not None:
+        out[r, n_next] = (V[slot, r].to(F64) * g64).sum(1)
     out[r, n_next + 1] = (dx64 * g64).sum(1)
     return out

@@ -264,15 +264,16 @@ def test_broyden_kernels_match_reference(cap, dtype):
     torch.testing.assert_close(dk, dr, rtol=1e-9, atol=1e-8)
     coef = torch.randn(B, 3 * n + 1, dtype=F64)
     best_key = torch.tensor([0, 0, 1])  # sample 0 evicts its lowest iterate from z_next (key 0)
-    outs = []
-    for use_ref in (False, True):
-        Uc, Vc, dxc, zn, zb = U.clone(), V.clone(), dx.clone(), go.clone(), torch.zeros_like(z)
-        udx = K.broyden_pass2(Uc, Vc, dxc, z, zn, gk, go, coef, slot, n, active, zb, best_key, 0,
-                              use_reference=use_ref)
-        outs.append((Uc, Vc, dxc, zn, zb, udx))
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a.double(), b.double(), rtol=_stol(dtype), atol=_stol(dtype) * 10)
-    assert torch.equal(outs[0][4][0], go[0]) and not outs[0][4][1:].any()
+    for with_v in (True, False):  # stored V, and the implicit-v pass (U only)
+        outs = []
+        for use_ref in (False, True):
+            Uc, Vc, dxc, zn, zb = U.clone(), V.clone(), torch.zeros_like(dx), go.clone(), torch.zeros_like(z)
+            udx = K.broyden_pass2(Uc, Vc if with_v else None, dx, dxc, z, zn, gk, go, coef, slot, n, active, zb,
+                                  best_key, 0, use_reference=use_ref)
+            outs.append((Uc, Vc, dxc, zn, zb, udx))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a.double(), b.double(), rtol=_stol(dtype), atol=_stol(dtype) * 10)
+        assert torch.equal(outs[0][4][0], go[0]) and not outs[0][4][1:].any()
 
 
 # ------------------------------------------------------------------------------------ configuration

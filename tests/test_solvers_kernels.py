@@ -203,10 +203,12 @@ def test_broyden_pass1_matches_reference(device, dtype, n):
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("slot,n", [(0, 0), (1, 1), (3, 3), (1, 4)])
-def test_broyden_pass2_matches_reference_in_place(device, dtype, slot, n):
+@pytest.mark.parametrize("with_v", [True, False])
+def test_broyden_pass2_matches_reference_in_place(device, dtype, slot, n, with_v):
     L, B, d = 4, 3, 33001
     U, V = _hist(L, B, d, dtype, device, 9), _hist(L, B, d, dtype, device, 10)
     dx, z, gn, go = [t.contiguous() for t in _hist(4, B, d, dtype, device, 11).unbind(0)]
+    dxn0 = _hist(1, B, d, dtype, device, 13)[0]
     coef = torch.randn(B, 3 * n + 1, dtype=F64, device=device)
     active = torch.tensor([True, True, False], device=device)
     # sample 0's lowest iterate lives in z_next (key 1), sample 1's elsewhere, inactive sample 2's in z_next
@@ -214,14 +216,17 @@ def test_broyden_pass2_matches_reference_in_place(device, dtype, slot, n):
     zn0 = _hist(1, B, d, dtype, device, 12)[0]
     outs = []
     for use_ref in (False, True):
-        Uc, Vc, dxc, zn, zb = U.clone(), V.clone(), dx.clone(), zn0.clone(), torch.zeros_like(z)
-        udx = K.broyden_pass2(Uc, Vc, dxc, z, zn, gn, go, coef, slot, n, active, zb, best_key, 1,
-                              use_reference=use_ref)
+        Uc, Vc, dxc, zn, zb = U.clone(), V.clone(), dxn0.clone(), zn0.clone(), torch.zeros_like(z)
+        udx = K.broyden_pass2(Uc, Vc if with_v else None, dx, dxc, z, zn, gn, go, coef, slot, n, active, zb,
+                              best_key, 1, use_reference=use_ref)
         outs.append((Uc, Vc, dxc, zn, zb, udx))
     for a, b in zip(outs[0][:4], outs[1][:4]):
         torch.testing.assert_close(a.double(), b.double(), rtol=_tol(dtype), atol=_tol(dtype) * 10)
     Uk, Vk, dxk, znk, zbk, udxk = outs[0]
-    assert torch.equal(Uk[:, 2], U[:, 2]) and torch.equal(dxk[2], dx[2]) and torch.equal(znk[2], zn0[2])
+    assert torch.equal(Uk[:, 2], U[:, 2]) and torch.equal(dxk[2], dxn0[2]) and torch.equal(znk[2], zn0[2])
+    if not with_v:  # V is neither read nor written, and its dot is 0
+        assert torch.equal(Vk, V) and torch.equal(outs[1][1], V)
+        assert not udxk[:, min(n + 1, L)].any()
     # the lowest iterate leaves z_next bit for bit, only for the active sample that kept it there
     for zb in (zbk, outs[1][4]):
         assert torch.equal(zb[0], zn0[0]) and not zb[1:].any()
@@ -230,7 +235,8 @@ def test_broyden_pass2_matches_reference_in_place(device, dtype, slot, n):
     n_next = min(n + 1, L)
     assert udxk.shape == (B, n_next + 2) and not udxk[2].any()
     for Uo, Vo, dxo, udx in ((Uk, Vk, dxk, udxk), (outs[1][0], outs[1][1], outs[1][2], outs[1][5])):
-        rows = torch.cat([Uo[:n_next, :2], Vo[slot:slot + 1, :2], dxo[None, :2]]).double()
+        vrow = Vo[slot:slot + 1, :2] if with_v else torch.zeros_like(Vo[slot:slot + 1, :2])
+        rows = torch.cat([Uo[:n_next, :2], vrow, dxo[None, :2]]).double()
         wts = torch.stack([dxo[:2]] * n_next + [gn[:2], gn[:2]]).double()
         prods = rows * wts
         # f64 sums of the same products in another order: |error| <= d eps64 sum |terms|
@@ -245,7 +251,8 @@ def test_broyden_pass2_matches_reference_in_place(device, dtype, slot, n):
     u = x0 + g0 - o0 - (sb[:, None] * U0).sum(0)
     upd = g0 - (sc[:, None] * U0).sum(0) - kn * u
     t = 50 * _tol(dtype) * (1 + n)
-    torch.testing.assert_close(Vk[slot, 0].double().cpu(), v, rtol=t, atol=t)
+    if with_v:
+        torch.testing.assert_close(Vk[slot, 0].double().cpu(), v, rtol=t, atol=t)
     torch.testing.assert_close(Uk[slot, 0].double().cpu(), u, rtol=t, atol=t)
     torch.testing.assert_close(dxk[0].double().cpu(), upd, rtol=t, atol=t * 10)
 
@@ -283,8 +290,9 @@ def test_broyden_update_satisfies_the_secant_condition():
         s_new = 1 / vdg
         coef = torch.cat([a, s_old * bb, s_old * c, (s_new * vg)[:, None]], 1)
         dz, dg = dx.clone(), g_new - g_old
-        z_next = torch.empty_like(z)
-        out = ref.broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, n, n, act, zb, key, 0)
+        z_next, dx_next = torch.empty_like(z), torch.empty_like(z)
+        out = ref.broyden_pass2(U, V, dx, dx_next, z, z_next, g_new, g_old, coef, n, n, act, zb, key, 0)
+        dx = dx_next
         udx = out[:, :n + 1]
         vg_old[:, :n] = c
         vg_old[:, n], dxg_old = out[:, n + 1], out[:, n + 2]
@@ -318,9 +326,10 @@ def test_op_schemas_and_fake_kernels_pass_opcheck():
     torch.library.opcheck(torch.ops.ldeq.broyden_pass1.default, (V, dx, fz, z, gn, 2, act),
                           test_utils=tests)
     coef = torch.randn(B, 7, dtype=F64)
-    torch.library.opcheck(torch.ops.ldeq.broyden_pass2.default,
-                          (U, V, dx, z, torch.zeros_like(z), gn, go, coef, 2, 2, act, torch.zeros_like(z),
-                           torch.tensor([1, 0]), 1), test_utils=tests)
+    for Vopt in (V, None):
+        torch.library.opcheck(torch.ops.ldeq.broyden_pass2.default,
+                              (U, Vopt, dx, torch.zeros_like(dx), z, torch.zeros_like(z), gn, go, coef, 2, 2, act,
+                               torch.zeros_like(z), torch.tensor([1, 0]), 1), test_utils=tests)
 
 
 def test_reductions_are_run_to_run_deterministic(device):
@@ -340,7 +349,7 @@ def test_reductions_are_run_to_run_deterministic(device):
             C = torch.zeros(B, m, m, dtype=F64, device=device)
             r = K.anderson_update(X, Gc, X.clone(), fz, H, 2, n, active, C=C)
             dots = K.broyden_pass1(V, dx, fz32, z, torch.empty_like(z), n, active)
-            udx = K.broyden_pass2(U.clone(), V.clone(), dx.clone(), z, torch.empty_like(z), go, z,
+            udx = K.broyden_pass2(U.clone(), V.clone(), dx, torch.empty_like(dx), z, torch.empty_like(z), go, z,
                                   torch.ones(B, 3 * n + 1, dtype=F64, device=device), 1, n, active,
                                   torch.empty_like(z), torch.full((B,), -1, device=device), 0)
             runs.append((H, C, *r, dots, udx))
@@ -366,8 +375,8 @@ def test_batch_beyond_the_grid_y_limit(device):
                        torch.full((B,), slot, device=device), use_reference=use_ref)
         U, V = X.clone(), G.clone()
         dots = K.broyden_pass1(V, X[0], fz, X[1], torch.zeros_like(fz), n, active, use_reference=use_ref)
-        zn, dxc = torch.zeros_like(fz), X[0].clone()
-        udx = K.broyden_pass2(U, V, dxc, X[1], zn, fz, G[0], torch.ones(B, 3 * n + 1, dtype=F64, device=device), slot,
+        zn, dxc = torch.zeros_like(fz), torch.zeros_like(fz)
+        udx = K.broyden_pass2(U, V, X[0], dxc, X[1], zn, fz, G[0], torch.ones(B, 3 * n + 1, dtype=F64, device=device), slot,
                               n, active, zb.clone(), torch.full((B,), -1, device=device), 0, use_reference=use_ref)
         outs.append((Gc, Fc, H, *r, Xc, zb, dots, U, V, dxc, zn, udx))
     for a, b in zip(*outs):

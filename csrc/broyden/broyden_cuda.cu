@@ -71,18 +71,19 @@ at::Tensor broyden_pass1_cuda(const at::Tensor& V, const at::Tensor& dx, const a
   return out;
 }
 
-// partial (B, nblk, n_next + 2): per-block sums of [<u_i, dx_new> over the columns in use afterwards |
-// <V[slot], g_new> | <dx_new, g_new>] (the stored values).
+// partial (B, nblk, n_next + 2): per-block sums of [<u_i, dx_next> over the columns in use afterwards |
+// <V[slot], g_new> (0 without V) | <dx_next, g_new>] (the stored values).
 template <typename scalar_t>
-__global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V, scalar_t* __restrict__ dx,
-                             const scalar_t* __restrict__ z, scalar_t* __restrict__ z_next,
-                             const scalar_t* __restrict__ g_new, const scalar_t* __restrict__ g_old,
-                             const double* __restrict__ coef, const bool* __restrict__ active, int64_t B, int64_t d,
-                             int64_t slot, int64_t n, int64_t n_next, int64_t nblk, scalar_t* __restrict__ z_best,
-                             const int64_t* __restrict__ best_key, int64_t evict_key,
-                             double* __restrict__ partial) {
+__global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V, const scalar_t* __restrict__ dx,
+                             scalar_t* __restrict__ dx_next, const scalar_t* __restrict__ z,
+                             scalar_t* __restrict__ z_next, const scalar_t* __restrict__ g_new,
+                             const scalar_t* __restrict__ g_old, const double* __restrict__ coef,
+                             const bool* __restrict__ active, int64_t B, int64_t d, int64_t slot, int64_t n,
+                             int64_t n_next, int64_t nblk, scalar_t* __restrict__ z_best,
+                             const int64_t* __restrict__ best_key, int64_t evict_key, double* __restrict__ partial) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ double sh[32];
+  const bool has_v = V != nullptr;
   for (int64_t t = blockIdx.x; t < B * nblk; t += gridDim.x) {
     const int64_t b = t / nblk, blk = t % nblk;
     if (!active[b]) continue;  // uniform over the block
@@ -98,21 +99,24 @@ __global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V,
       acc_t v = -x, u = x + (gn - static_cast<acc_t>(g_old[o + j])), p = gn;
       for (int64_t i = 0; i < n; ++i) {
         const acc_t ui = static_cast<acc_t>(U[i * B * d + o + j]);
-        v += static_cast<acc_t>(cb[i]) * static_cast<acc_t>(V[i * B * d + o + j]);
+        if (has_v) v += static_cast<acc_t>(cb[i]) * static_cast<acc_t>(V[i * B * d + o + j]);
         u -= static_cast<acc_t>(cb[n + i]) * ui;
         p -= static_cast<acc_t>(cb[2 * n + i]) * ui;
       }
-      const scalar_t us = static_cast<scalar_t>(u), vs = static_cast<scalar_t>(v);
+      const scalar_t us = static_cast<scalar_t>(u);
       const acc_t upd = p - kn * static_cast<acc_t>(us);
       const scalar_t dxs = static_cast<scalar_t>(upd);
       U[slot * B * d + o + j] = us;  // every read of element j (an evicted column too) is done
-      V[slot * B * d + o + j] = vs;
-      dx[o + j] = dxs;
+      dx_next[o + j] = dxs;
       if (evict) z_best[o + j] = z_next[o + j];
       z_next[o + j] = static_cast<scalar_t>(static_cast<acc_t>(z[o + j]) + upd);
       // g_new is the next g_old: its dots with the new column and the new step, as stored
       const double g64 = static_cast<double>(g_new[o + j]);
-      vg += static_cast<double>(vs) * g64;
+      if (has_v) {
+        const scalar_t vs = static_cast<scalar_t>(v);
+        V[slot * B * d + o + j] = vs;
+        vg += static_cast<double>(vs) * g64;
+      }
       dxg += static_cast<double>(dxs) * g64;
     }
     double* ob = partial + t * (n_next + 2);
@@ -120,22 +124,23 @@ __global__ void pass2_kernel(scalar_t* __restrict__ U, scalar_t* __restrict__ V,
     if (threadIdx.x == 0) ob[n_next] = r;
     r = block_sum(dxg, sh);
     if (threadIdx.x == 0) ob[n_next + 1] = r;
-    // <u_i, dx_new>: each thread re-reads only the elements it wrote above.
+    // <u_i, dx_next>: each thread re-reads only the elements it wrote above.
     for (int64_t i = 0; i < n_next; ++i) {
       double a = 0;
       for (int64_t j = j0; j < d; j += stride)
-        a += static_cast<double>(U[i * B * d + o + j]) * static_cast<double>(dx[o + j]);
+        a += static_cast<double>(U[i * B * d + o + j]) * static_cast<double>(dx_next[o + j]);
       a = block_sum(a, sh);
       if (threadIdx.x == 0) ob[i] = a;
     }
   }
 }
 
-at::Tensor broyden_pass2_cuda(at::Tensor U, at::Tensor V, at::Tensor dx, const at::Tensor& z, at::Tensor z_next,
-                              const at::Tensor& g_new, const at::Tensor& g_old, const at::Tensor& coef, int64_t slot,
-                              int64_t n, const at::Tensor& active, at::Tensor z_best, const at::Tensor& best_key,
+at::Tensor broyden_pass2_cuda(at::Tensor U, const std::optional<at::Tensor>& V, const at::Tensor& dx,
+                              at::Tensor dx_next, const at::Tensor& z, at::Tensor z_next, const at::Tensor& g_new,
+                              const at::Tensor& g_old, const at::Tensor& coef, int64_t slot, int64_t n,
+                              const at::Tensor& active, at::Tensor z_best, const at::Tensor& best_key,
                               int64_t evict_key) {
-  check_broyden_pass2(U, V, dx, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key);
+  check_broyden_pass2(U, V, dx, dx_next, z, z_next, g_new, g_old, coef, slot, n, active, z_best, best_key);
   const int64_t B = z.size(0), d = z.size(1);
   const int64_t n_next = std::min(n + 1, U.size(0));
   const c10::cuda::CUDAGuard guard(z.device());
@@ -146,10 +151,10 @@ at::Tensor broyden_pass2_cuda(at::Tensor U, at::Tensor V, at::Tensor dx, const a
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "broyden_pass2_cuda", [&] {
     pass2_kernel<scalar_t><<<grid_for(B * nblk), kThreads, 0, stream>>>(
-        U.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
-        z_next.data_ptr<scalar_t>(), g_new.data_ptr<scalar_t>(), g_old.data_ptr<scalar_t>(), coef.data_ptr<double>(),
-        active.data_ptr<bool>(), B, d, slot, n, n_next, nblk, z_best.data_ptr<scalar_t>(),
-        best_key.data_ptr<int64_t>(), evict_key, partial.data_ptr<double>());
+        U.data_ptr<scalar_t>(), V.has_value() ? V->data_ptr<scalar_t>() : nullptr, dx.data_ptr<scalar_t>(),
+        dx_next.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(), z_next.data_ptr<scalar_t>(), g_new.data_ptr<scalar_t>(),
+        g_old.data_ptr<scalar_t>(), coef.data_ptr<double>(), active.data_ptr<bool>(), B, d, slot, n, n_next, nblk,
+        z_best.data_ptr<scalar_t>(), best_key.data_ptr<int64_t>(), evict_key, partial.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   reduce_partials(partial.data_ptr<double>(), active.data_ptr<bool>(), B, nblk, n_next + 2, out.data_ptr<double>(),
