@@ -81,17 +81,20 @@ def anderson_bytes(B, d, m, iters, elt, beta=1.0):
 
 def broyden_bytes(B, d, iters, elt, memory=None):
     """Bytes the fused Broyden passes touch: per iteration with n stored columns, pass 1 reads
-    V (n rows), dx, f(z), z and writes g_new (n + 4; its dots with g_old come from earlier passes);
-    pass 2 reads U, V (2n rows), dx, g_new, g_old, z and writes u, v, dx, z_next (2n + 8; the next
-    <u_i, dx>, <v_new, g_new> and <dx, g_new> are summed from the block just written, in cache).
-    Iteration 0 computes g0 = f(z0) - z0 and the first step (~ 6 rows); the last iteration only
-    runs pass 1."""
+    V (n rows; the past steps in V's place when v is implicit), dx, f(z), z and writes g_new
+    (n + 4; its dots with g_old come from earlier passes). Pass 2 reads U (n rows), dx, g_new,
+    g_old, z and writes u, dx_next, z_next: n + 7 when no column is ever evicted (memory None or
+    >= iters - 2: v is kept as float64 coefficients over the steps, not stored), else it also
+    reads V and writes v: 2n + 8. The next <u_i, dx> and <dx_next, g_new> are summed from the
+    block just written, in cache. Iteration 0 computes g0 = f(z0) - z0 and the first step
+    (~ 6 rows); the last iteration only runs pass 1."""
     L = min(iters if memory is None else memory, max(1, iters - 1))
+    implicit_v = L >= iters - 2
     rows, n = 6, 0
     for k in range(1, iters):
         rows += n + 4
         if k < iters - 1:
-            rows += 2 * n + 8
+            rows += n + 7 if implicit_v else 2 * n + 8
             n = min(n + 1, L)
     return rows * B * d * elt
 
