@@ -109,6 +109,19 @@ def test_broyden_matches_torchdeq_iterate_for_iterate(memory, stop_mode, torchde
     torch.testing.assert_close(z, zt, rtol=0, atol=1e-12)
 
 
+def test_broyden_implicit_v_matches_stored_v():
+    """memory >= max_iter - 2 keeps no V (v_i as float64 coefficients over the steps); one less
+    stores V and evicts only at the last update. Every residual before that update's effect must
+    agree (float64: to rounding), and the eviction must change the last one."""
+    f, _, x = tanh_problem(rho=0.95)
+    z0 = torch.zeros_like(x)
+    T = 12
+    _, s_impl = S.broyden(f, z0, max_iter=T, tol=0, stop_mode="abs", memory=T - 2)
+    _, s_stored = S.broyden(f, z0, max_iter=T, tol=0, stop_mode="abs", memory=T - 3)
+    torch.testing.assert_close(s_impl.abs_trace[:, :T - 1], s_stored.abs_trace[:, :T - 1], rtol=1e-10, atol=1e-14)
+    assert not torch.allclose(s_impl.abs_trace[:, T - 1], s_stored.abs_trace[:, T - 1], rtol=1e-10, atol=0)
+
+
 @pytest.mark.parametrize("tau", [1.0, 0.6])
 def test_fixed_point_matches_torchdeq_iterate_for_iterate(tau, torchdeq_solver):
     f, W, x = tanh_problem()
