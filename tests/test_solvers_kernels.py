@@ -304,6 +304,22 @@ def test_broyden_update_satisfies_the_secant_condition():
         g_old, z = g_new, z_next
 
 
+def test_broyden_pass2_rejects_bad_buffers():
+    """dx_next must not be dx itself (the pass reads dx while it writes dx_next), and V, when
+    given, must have U's shape: errors name the argument."""
+    L, B, d = 3, 2, 50
+    U, V = _hist(L, B, d, torch.float32, "cpu", 1), _hist(L, B, d, torch.float32, "cpu", 2)
+    dx, z, gn, go = [t.contiguous() for t in _hist(4, B, d, torch.float32, "cpu", 3).unbind(0)]
+    coef = torch.zeros(B, 4, dtype=F64)
+    act = torch.ones(B, dtype=torch.bool)
+    args = lambda Vx, dxn: (U, Vx, dx, dxn, z, torch.empty_like(z), gn, go, coef, 1, 1, act,  # noqa: E731
+                            torch.empty_like(z), torch.full((B,), -1), 0)
+    with pytest.raises(RuntimeError, match="dx_next must be a different buffer from dx"):
+        torch.ops.ldeq.broyden_pass2(*args(V, dx))
+    with pytest.raises(RuntimeError, match="U and V must have the same shape"):
+        torch.ops.ldeq.broyden_pass2(*args(V[:2].contiguous(), torch.empty_like(dx)))
+
+
 def test_op_schemas_and_fake_kernels_pass_opcheck():
     """Schema mutation annotations, fake (meta) kernels and dispatch, checked by torch's opcheck."""
     B, d, m = 2, 300, 3
