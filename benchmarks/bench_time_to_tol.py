@@ -244,6 +244,13 @@ class TimedF:
         return out
 
 
+def _flatten(z):
+    """A solver's state (tensor or list of batch-first tensors) as one (B, d) matrix."""
+    if torch.is_tensor(z):
+        return z.reshape(z.shape[0], -1)
+    return torch.cat([t.reshape(t.shape[0], -1) for t in z], 1)
+
+
 def flat_f(f, z0):
     """f on the concatenated state (what TorchDEQ's DEQ layer hands its solvers for a list state)."""
     if torch.is_tensor(z0):
@@ -254,8 +261,8 @@ def flat_f(f, z0):
 
     def fv(v):
         parts = [p.view((B,) + tuple(s)) for p, s in zip(v.split(sizes, 1), shapes)]
-        return torch.cat([o.reshape(B, -1) for o in f(parts)], 1)
-    return fv, torch.cat([t.reshape(B, -1) for t in z0], 1)
+        return _flatten(f(parts))
+    return fv, _flatten(z0)
 
 
 def ldeq_configs(max_evals, quick):
@@ -300,13 +307,6 @@ def run_torchdeq(f, z0, solver, kw, tol, max_evals, dev):
     _sync(dev)
     wall = time.perf_counter() - t0
     return judged_row(f, z0, z, tol, wall=wall, f_time=tf.t, evals=tf.calls, reported=float(info["rel_lowest"].max()))
-
-
-def _flatten(z):
-    """A solver's state (tensor or list of batch-first tensors) as one (B, d) matrix."""
-    if torch.is_tensor(z):
-        return z.reshape(z.shape[0], -1)
-    return torch.cat([t.reshape(t.shape[0], -1) for t in z], 1)
 
 
 @torch.no_grad()

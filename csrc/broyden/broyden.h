@@ -35,14 +35,13 @@
 
 namespace ldeq {
 
-// Shared by the CPU and CUDA kernels.
-inline void check_factors(const at::Tensor& U, const at::Tensor& V, const at::Tensor& like, int64_t n) {
-  check_history(U, "U", like);
-  check_history(V, "V", like);
-  TORCH_CHECK(U.sizes() == V.sizes(), "U and V must have the same shape, got ", U.sizes(), " and ", V.sizes());
-  TORCH_CHECK(U.size(1) == like.size(0) && U.size(2) == like.size(1), "U, V must have shape (L, B=", like.size(0),
-              ", d=", like.size(1), "), got ", U.sizes());
-  TORCH_CHECK(0 <= n && n <= U.size(0), "n must be in [0, L=", U.size(0), "], got ", n);
+// Shared by the CPU and CUDA kernels: one (L, B, d) factor ring (U, V, or the steps read in V's
+// place) of `like`'s dtype and device, with n <= L columns in use.
+inline void check_factor(const at::Tensor& W, const char* name, const at::Tensor& like, int64_t n) {
+  check_history(W, name, like);
+  TORCH_CHECK(W.size(1) == like.size(0) && W.size(2) == like.size(1), name, " must have shape (L, B=", like.size(0),
+              ", d=", like.size(1), "), got ", W.sizes());
+  TORCH_CHECK(0 <= n && n <= W.size(0), "n must be in [0, L=", W.size(0), "], got ", n);
 }
 
 inline void check_broyden_pass1(const at::Tensor& V, const at::Tensor& dx, const at::Tensor& fz, const at::Tensor& z,
@@ -53,9 +52,7 @@ inline void check_broyden_pass1(const at::Tensor& V, const at::Tensor& dx, const
   check_state(dx, "dx", B, d, fz);
   check_state(z, "z", B, d, fz);
   check_state(g_new, "g_new", B, d, fz);
-  check_history(V, "V", fz);
-  TORCH_CHECK(V.size(1) == B && V.size(2) == d, "V must have shape (L, B=", B, ", d=", d, "), got ", V.sizes());
-  TORCH_CHECK(0 <= n && n <= V.size(0), "n must be in [0, L=", V.size(0), "], got ", n);
+  check_factor(V, "V", fz, n);
   check_active(active, B, fz);
 }
 
@@ -73,10 +70,11 @@ inline void check_broyden_pass2(const at::Tensor& U, const std::optional<at::Ten
   check_state(z_next, "z_next", B, d, z);
   check_state(g_new, "g_new", B, d, z);
   check_state(g_old, "g_old", B, d, z);
-  check_history(U, "U", z);
-  TORCH_CHECK(U.size(1) == B && U.size(2) == d, "U must have shape (L, B=", B, ", d=", d, "), got ", U.sizes());
-  TORCH_CHECK(0 <= n && n <= U.size(0), "n must be in [0, L=", U.size(0), "], got ", n);
-  if (V.has_value()) check_factors(U, *V, z, n);
+  check_factor(U, "U", z, n);
+  if (V.has_value()) {
+    check_factor(*V, "V", z, n);
+    TORCH_CHECK(V->sizes() == U.sizes(), "U and V must have the same shape, got ", U.sizes(), " and ", V->sizes());
+  }
   TORCH_CHECK(0 <= slot && slot < std::min(n + 1, U.size(0)), "slot must be in [0, min(n + 1, L)=",
               std::min(n + 1, U.size(0)), "), got ", slot);
   check_state(z_best, "z_best", B, d, z);
